@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "Pretrain a tiny backbone on synthetic trajectories and show its losses falling.",
     "mpc": "Run model predictive control in an environment and report returns.",
+    "collect": "Record episodes of a policy into a dataset directory.",
 }
 
 
