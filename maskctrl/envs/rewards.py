@@ -1,0 +1,201 @@
+"""Batched torch reward, termination and planning functions, one set per environment.
+
+Every function works on any leading batch shape (``obs [...,O]``, ``act [...,A]``) and on any device,
+using only elementwise torch ops (no ``.item()``, no host syncs), so a planner can score ``[N,H]``
+imagined steps in one call. Formulas follow the gymnasium source (``gymnasium/envs/mujoco/*_v5.py``,
+and ``*_v4.py`` where gymnasium 0.29 only has v4); the constants are the envs' default weights, so a
+spec whose ``make_kwargs`` change a reward weight needs its own function.
+
+Observation layouts (default ``exclude_current_positions_from_observation=True``):
+
+- InvertedPendulum ``[4]``: cart x, pole angle, cart velocity, pole angular velocity.
+- Reacher ``[10]`` (v5) / ``[11]`` (v4): cos q, sin q, target xy, joint velocities, fingertip − target
+  (xy in v5, xyz in v4).
+- HalfCheetah ``[17]``: qpos[1:] (8 entries), qvel (9): x-velocity is index 8.
+- Hopper ``[11]``: qpos[1:] (z, angle, 3 joints), qvel clipped to [−10, 10] (6): x-velocity is index 5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# ---------------------------------------------------------------- pointmass
+
+
+POINTMASS_CTRL_COST = 0.01
+"""Weight of ``||a||^2`` in the pointmass reward (mirrors :mod:`maskctrl.envs.pointmass`)."""
+
+
+def pointmass_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact pointmass reward: ``-||next_pos|| - 0.01 ||a||^2`` (next_obs ``[...,4]`` = pos, vel)."""
+    return -torch.linalg.vector_norm(next_obs[..., :2], dim=-1) - POINTMASS_CTRL_COST * act.square().sum(-1)
+
+
+def never_terminates(next_obs: torch.Tensor) -> torch.Tensor:
+    """Termination of envs that only truncate (pointmass, Reacher, HalfCheetah): all False ``[...]``."""
+    return torch.zeros(next_obs.shape[:-1], dtype=torch.bool, device=next_obs.device)
+
+
+# ---------------------------------------------------------------- InvertedPendulum
+
+INVERTED_PENDULUM_MAX_ANGLE = 0.2
+"""Pole angle (rad) beyond which the episode terminates."""
+
+
+def inverted_pendulum_healthy(next_obs: torch.Tensor) -> torch.Tensor:
+    """``[...]`` bool: all entries finite and ``|pole angle| <= 0.2`` (the env's condition)."""
+    finite = torch.isfinite(next_obs).all(dim=-1)
+    return finite & (next_obs[..., 1].abs() <= INVERTED_PENDULUM_MAX_ANGLE)
+
+
+def inverted_pendulum_termination(next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact InvertedPendulum (v4 and v5) termination: not healthy."""
+    return ~inverted_pendulum_healthy(next_obs)
+
+
+def inverted_pendulum_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact InvertedPendulum-v5 reward: 1 while healthy, 0 at the terminating step."""
+    return inverted_pendulum_healthy(next_obs).to(next_obs.dtype)
+
+
+def inverted_pendulum_reward_v4(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact InvertedPendulum-v4 reward: 1 on every step, including the terminating one."""
+    return torch.ones(next_obs.shape[:-1], dtype=next_obs.dtype, device=next_obs.device)
+
+
+def inverted_pendulum_planning_reward(
+    obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+) -> torch.Tensor:
+    """Shaped InvertedPendulum objective: upright, centred and still beats merely "not fallen yet".
+
+    The env reward is 1 for every surviving candidate, so a planner cannot tell a plan that keeps the
+    pole upright from one that drifts to the rail (|x| = 1) and falls just past the horizon. Quadratic
+    costs on the normalized angle, cart position and both velocities break that tie; 0 once unhealthy.
+    """
+    x, angle, x_vel, angle_vel = next_obs.unbind(-1)
+    cost = (
+        (angle / INVERTED_PENDULUM_MAX_ANGLE).square()
+        + x.square()
+        + 0.1 * x_vel.square()
+        + 0.01 * angle_vel.square()
+    )
+    healthy = inverted_pendulum_healthy(next_obs)
+    return torch.where(healthy, 1.0 - cost, torch.zeros_like(cost))
+
+
+# ---------------------------------------------------------------- Reacher
+
+REACHER_DIST_WEIGHT = 1.0
+"""Weight of the fingertip-target distance (v5 ``reward_dist_weight`` default; v4 hard-codes 1)."""
+REACHER_CTRL_WEIGHT = 1.0
+"""Weight of ``||a||^2`` (v5 ``reward_control_weight`` default; v4 hard-codes 1)."""
+
+
+def reacher_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact Reacher-v5 reward: ``-||next_obs[8:10]|| - ||a||^2``.
+
+    v5 measures the distance after the step; the z offset of fingertip and target is 0, so the xy
+    entries the observation keeps carry the whole distance.
+    """
+    dist = torch.linalg.vector_norm(next_obs[..., 8:10], dim=-1)
+    return -REACHER_DIST_WEIGHT * dist - REACHER_CTRL_WEIGHT * act.square().sum(-1)
+
+
+def reacher_reward_v4(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact Reacher-v4 reward: ``-||obs[8:11]|| - ||a||^2`` (v4 measures the distance *before* the step)."""
+    dist = torch.linalg.vector_norm(obs[..., 8:11], dim=-1)
+    return -REACHER_DIST_WEIGHT * dist - REACHER_CTRL_WEIGHT * act.square().sum(-1)
+
+
+# ---------------------------------------------------------------- forward-velocity helpers
+
+
+def _displacement_velocity(v_before: torch.Tensor, v_after: torch.Tensor, w_after: float) -> torch.Tensor:
+    """Mean velocity over one control step, from its end-point velocities.
+
+    The env rewards ``(x' - x) / dt``, the mean of the velocity over the step's physics substeps. With
+    semi-implicit Euler and n substeps of constant acceleration that mean is exactly
+    ``v0 + (n+1)/(2n) (v_n - v0)``; for RK4 (continuous velocity) the trapezoid ``(v0 + v_n)/2`` fits.
+    """
+    return (1.0 - w_after) * v_before + w_after * v_after
+
+
+# ---------------------------------------------------------------- HalfCheetah
+
+HALF_CHEETAH_DT = 0.05
+"""Control step: timestep 0.01 × frame_skip 5."""
+HALF_CHEETAH_CTRL_COST = 0.1
+"""``ctrl_cost_weight`` default."""
+HALF_CHEETAH_VEL_INDEX = 8
+"""qvel[0] (root x-velocity) in the default 17-dim observation."""
+HALF_CHEETAH_W_AFTER = 0.6
+"""(n+1)/(2n) for Euler with n = 5 substeps (see :func:`_displacement_velocity`)."""
+
+
+def half_cheetah_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Approximate HalfCheetah (v4/v5) reward from the default observation, which excludes x.
+
+    ``0.4 v_x + 0.6 v_x' - 0.1 ||a||^2``; see the spec's ``notes`` for the measured correlation.
+    """
+    i = HALF_CHEETAH_VEL_INDEX
+    forward = _displacement_velocity(obs[..., i], next_obs[..., i], HALF_CHEETAH_W_AFTER)
+    return forward - HALF_CHEETAH_CTRL_COST * act.square().sum(-1)
+
+
+def half_cheetah_reward_with_x(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Exact HalfCheetah reward for ``exclude_current_positions_from_observation=False`` (obs ``[...,18]``).
+
+    ``(x' - x) / 0.05 - 0.1 ||a||^2`` with x = obs[0]. Not the registered default: a model would then
+    see the unbounded absolute x.
+    """
+    forward = (next_obs[..., 0] - obs[..., 0]) / HALF_CHEETAH_DT
+    return forward - HALF_CHEETAH_CTRL_COST * act.square().sum(-1)
+
+
+# ---------------------------------------------------------------- Hopper
+
+HOPPER_CTRL_COST = 1e-3
+"""``ctrl_cost_weight`` default."""
+HOPPER_HEALTHY_REWARD = 1.0
+"""``healthy_reward`` default."""
+HOPPER_VEL_INDEX = 5
+"""qvel[0] (root x-velocity, clipped to ±10) in the default 11-dim observation."""
+HOPPER_W_AFTER = 0.5
+"""Trapezoid weight: hopper.xml integrates with RK4 (see :func:`_displacement_velocity`)."""
+
+
+def hopper_healthy(next_obs: torch.Tensor) -> torch.Tensor:
+    """``[...]`` bool: z > 0.7, |angle| < 0.2 and every entry of ``next_obs[1:]`` inside (−100, 100).
+
+    The env checks ``concat(qpos[2:], qvel)``; ``next_obs[1:]`` holds qpos[2:] exactly but qvel clipped to
+    ±10, so this equals the env's flag unless some |qvel| ≥ 100, which the observation cannot show.
+    NaN entries compare False, hence unhealthy, as in the env.
+    """
+    z, angle = next_obs[..., 0], next_obs[..., 1]
+    in_range = (next_obs[..., 1:].abs() < 100.0).all(dim=-1)
+    return (z > 0.7) & (z < torch.inf) & (angle.abs() < 0.2) & in_range
+
+
+def hopper_termination(next_obs: torch.Tensor) -> torch.Tensor:
+    """Hopper (v4/v5) termination: not healthy (exact up to the |qvel| ≥ 100 caveat above)."""
+    return ~hopper_healthy(next_obs)
+
+
+def _hopper_forward_minus_ctrl(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    i = HOPPER_VEL_INDEX
+    forward = _displacement_velocity(obs[..., i], next_obs[..., i], HOPPER_W_AFTER)
+    return forward - HOPPER_CTRL_COST * act.square().sum(-1)
+
+
+def hopper_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Approximate Hopper-v5 reward: ``healthy(next_obs) + (v_x + v_x')/2 - 0.001 ||a||^2``.
+
+    The healthy bonus is exact; only the forward term approximates ``(x' - x) / dt``.
+    """
+    healthy = hopper_healthy(next_obs).to(next_obs.dtype)
+    return HOPPER_HEALTHY_REWARD * healthy + _hopper_forward_minus_ctrl(obs, act, next_obs)
+
+
+def hopper_reward_v4(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Approximate Hopper-v4 reward: v4 pays the healthy bonus on every step, the terminating one too."""
+    return HOPPER_HEALTHY_REWARD + _hopper_forward_minus_ctrl(obs, act, next_obs)
