@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "demo": "Pretrain a tiny backbone on synthetic trajectories and show its losses falling.",
     "mpc": "Run model predictive control in an environment and report returns.",
     "collect": "Record episodes of a policy into a dataset directory.",
+    "pretrain": "Pretrain the masked control transformer on collected episodes (torchrun for DDP).",
 }
 
 

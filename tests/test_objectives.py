@@ -16,6 +16,7 @@ from maskctrl.models.objectives import (
     ObjectiveWeights,
     WindowBatch,
     assign_groups,
+    draw_masks,
     pretraining_loss,
 )
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
@@ -140,6 +141,21 @@ def test_groups_are_an_even_random_split_of_the_active_objectives() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(split, other, strict=True))
     only_inverse = assign_groups(6, ObjectiveWeights(forward=0, reward=0, hindsight=0), None)
     assert [len(r) for r in only_inverse] == [0, 6, 0]
+
+
+def test_mask_draw_is_the_group_split_and_token_mask_and_independent_of_sharding() -> None:
+    weights = ObjectiveWeights(obs_mask_ratio=0.25)
+    valid = standardized_windows(30, seed=1).valid
+    draw = draw_masks(30, T, weights, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    split = assign_groups(30, weights, gen)
+    tokens = masks.random_token_mask(30, T, act_ratio=0.5, obs_ratio=0.25, generator=gen, valid_steps=valid)
+    assert all(bool((draw.group[members] == index).all()) for index, members in enumerate(split))
+    hindsight = draw.group == GROUPS.index("hindsight")
+    hidden = draw.hidden(valid, weights)
+    assert torch.equal(hidden, tokens & hindsight.unsqueeze(1)) and bool(hidden.any())
+    parts = [slice(0, 13), slice(13, 30)]  # a share's masks are the global masks' rows
+    assert torch.equal(torch.cat([draw.rows(part).hidden(valid[part], weights) for part in parts]), hidden)
 
 
 def test_each_sample_gets_its_groups_mask_and_only_hindsight_samples_hide_tokens() -> None:

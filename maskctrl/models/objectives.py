@@ -14,11 +14,18 @@ hindsight   bidirectional          random action/obs tokens hidden  ``hindsight`
 ==========  =====================  ===============================  =================================
 
 Losses are means over real (non-padding) positions of their group: MSE for observations, rewards and
-continuous actions, cross-entropy for discrete actions. ``L_total = sum_i w_i L_i``.
+continuous actions, cross-entropy for discrete actions. ``L_total = sum_i w_i L_i``. :func:`loss_sums`
+returns each loss as a sum ``S_i`` and a count ``N_i`` of positions, so that a data-parallel trainer can
+divide by counts summed over processes (:mod:`maskctrl.training.objective`); :func:`pretraining_loss`
+divides by the batch's own.
+
+The random part of the masks (:class:`MaskDraw`) is drawn row by row before padding is known, so a sample's
+group and hidden tokens do not depend on how a batch is split among processes.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +35,17 @@ from maskctrl.models import masks
 from maskctrl.models.transformer import MaskedControlTransformer
 
 GROUPS = ("forward", "inverse", "hindsight")
-"""The objective groups, in the order of their index in :func:`assign_groups`."""
+"""The objective groups, in the order of their index in :func:`assign_groups` and :attr:`MaskDraw.group`."""
+
+TERM_HEADS = {
+    "forward": "delta_obs",
+    "reward": "reward",
+    "policy": "policy",
+    "inverse": "inverse",
+    "hindsight": "recon_action",
+    "hindsight_obs": "recon_obs",
+}
+"""Each loss and the head of ``model.heads`` it trains, in the order of :attr:`ObjectiveWeights.terms`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,14 +148,15 @@ class ObjectiveWeights:
 
     @property
     def terms(self) -> dict[str, float]:
-        """The switched-on losses and their weights (a hindsight loss needs tokens of its kind hidden)."""
+        """The switched-on losses and their weights, in the order of :data:`TERM_HEADS` (a hindsight loss
+        needs tokens of its kind hidden)."""
         weights = {
             "forward": self.forward,
+            "reward": self.reward,
+            "policy": self.policy,
             "inverse": self.inverse,
             "hindsight": self.hindsight if self.act_mask_ratio > 0 else 0.0,
             "hindsight_obs": self.hindsight_obs if self.obs_mask_ratio > 0 else 0.0,
-            "reward": self.reward,
-            "policy": self.policy,
         }
         return {name: weight for name, weight in weights.items() if weight > 0}
 
@@ -163,6 +181,19 @@ class LossOutput:
     terms: dict[str, torch.Tensor]
     """Each switched-on loss (scalar), unweighted."""
 
+    @classmethod
+    def from_sums(cls, sums: torch.Tensor, counts: torch.Tensor, weights: ObjectiveWeights) -> LossOutput:
+        """The losses ``L_i = S_i / N_i`` of the sums and counts of :func:`loss_sums`, and their weighted total.
+
+        :param sums: ``[n_terms]`` each loss summed over its positions.
+        :param counts: ``[n_terms]`` the positions to average over (those of this batch, or of the global
+            batch under data parallelism).
+        """
+        counts = counts.clamp_min(1)
+        coefficients = torch.tensor(list(weights.terms.values()), device=sums.device)  # [n_terms]
+        total = (coefficients * sums / counts).sum()  # as w_i * L_i, but rounded as runs logged so far
+        return cls(total=total, terms=dict(zip(weights.terms, (sums / counts).unbind(), strict=True)))
+
 
 def assign_groups(
     batch: int, weights: ObjectiveWeights, generator: torch.Generator | None
@@ -180,17 +211,128 @@ def assign_groups(
     return rows
 
 
-def _masked_mean(err: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.where(keep, err, 0.0).sum() / keep.sum().clamp_min(1)
+@dataclass(frozen=True)
+class MaskDraw:
+    """The random part of the objective masks of a batch, drawn before its padding is known."""
+
+    group: torch.Tensor
+    """Long ``[B]`` on the host: index into :data:`GROUPS` of each sample's group."""
+    act_scores: torch.Tensor
+    """Uniform ``[B, T]``: the lowest-scoring real steps of a hindsight sample have their action hidden."""
+    obs_scores: torch.Tensor
+    """Uniform ``[B, T]``: likewise for hidden observations."""
+
+    def rows(self, part: slice) -> MaskDraw:
+        """The draws of the samples in ``part``."""
+        return MaskDraw(self.group[part], self.act_scores[part], self.obs_scores[part])
+
+    def hidden(self, valid: torch.Tensor, weights: ObjectiveWeights) -> torch.Tensor:
+        """Hidden-token flags ``[B, 2T]`` on ``valid``'s device, given the real steps ``valid [B, T]``.
+
+        As :func:`maskctrl.models.masks.random_token_mask`: ``round(ratio * T)`` (at least one) real steps
+        per hindsight sample, never padding and never the first observation; other groups hide nothing.
+        """
+        device, steps = valid.device, valid.shape[1]
+
+        def lowest(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+            count = 0 if ratio == 0.0 else max(1, round(ratio * steps))
+            ranks = scores.to(device).masked_fill(~valid, 2.0).argsort(1).argsort(1)  # padding ranks last
+            return (ranks < count) & valid
+
+        act = lowest(self.act_scores, weights.act_mask_ratio)
+        obs = lowest(self.obs_scores, weights.obs_mask_ratio)
+        obs[:, 0] = False
+        hindsight = (self.group.to(device) == GROUPS.index("hindsight")).unsqueeze(1)  # [B, 1]
+        return masks.interleave(obs, act) & hindsight
 
 
-def _action_error(model: MaskedControlTransformer, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def draw_masks(
+    batch: int, steps: int, weights: ObjectiveWeights, generator: torch.Generator | None
+) -> MaskDraw:
+    """Objective groups (:func:`assign_groups`) and hiding scores for ``batch`` samples of ``steps`` steps."""
+    members = assign_groups(batch, weights, generator)
+    group = torch.empty(batch, dtype=torch.long)
+    for index, rows in enumerate(members):
+        group[rows] = index
+    act_scores = torch.rand(batch, steps, generator=generator)
+    obs_scores = torch.rand(batch, steps, generator=generator)
+    return MaskDraw(group, act_scores, obs_scores)
+
+
+@functools.lru_cache(maxsize=16)
+def _group_attention(length: int, inverse_k: int, device: torch.device) -> torch.Tensor:
+    """Attention masks ``[3, L, L]`` of the groups, in the order of :data:`GROUPS` (cached per device)."""
+    patterns = [
+        masks.causal(length),
+        masks.inverse_dynamics(length, k=inverse_k),
+        masks.bidirectional(length),
+    ]
+    return torch.stack(patterns).to(device)
+
+
+def _squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-position MSE ``[B, T]`` of ``[B, T, C]`` predictions."""
+    return (pred.float() - target).square().mean(-1)
+
+
+def _action_error(pred: torch.Tensor, target: torch.Tensor, discrete: bool) -> torch.Tensor:
     """Per-position loss ``[B, T]``: cross-entropy for discrete actions, MSE otherwise."""
-    if model.config.discrete_actions:
-        return F.cross_entropy(pred.flatten(0, 1), target.long().flatten(), reduction="none").view(
-            target.shape
-        )
-    return (pred - target).square().mean(-1)
+    if discrete:
+        error = F.cross_entropy(pred.flatten(0, 1), target.long().flatten(), reduction="none")
+        return error.view(target.shape)
+    return _squared_error(pred, target)
+
+
+def loss_sums(
+    model: MaskedControlTransformer, batch: WindowBatch, draw: MaskDraw, weights: ObjectiveWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each switched-on loss summed over its positions, from one forward pass of ``model``.
+
+    Every switched-on head runs even on an empty group, so each of its parameters gets a gradient.
+
+    :param batch: normalized windows; padding positions are never part of a loss.
+    :param draw: the groups and hiding scores of ``batch``'s samples (see :func:`draw_masks`).
+    :param weights: which losses are on and how the hindsight group masks.
+    :return: sums ``S_i`` and float counts ``N_i`` of positions, both ``[n_terms]`` in the order of
+        ``weights.terms``; :meth:`LossOutput.from_sums` turns them into losses.
+    """
+    device, valid = batch.obs.device, batch.valid
+    hidden = draw.hidden(valid, weights)  # [B, 2T]
+    patterns = _group_attention(2 * valid.shape[1], weights.inverse_k, device)
+    attn_mask = patterns[draw.group.to(device)].unsqueeze(1)  # [B, 1, L, L]
+    out = model(batch.obs, batch.act, attn_mask=attn_mask, hidden=hidden, valid=valid)
+
+    heads, discrete = model.heads, model.config.discrete_actions
+    act_h, obs_h = out.act_hidden, out.obs_hidden  # [B, T, D]
+    fwd, inv, hind = (torch.nonzero(draw.group == index).flatten().to(device) for index in range(len(GROUPS)))
+    # Targets at padding are zeroed: a NaN there would reach the gradients through the masked sum.
+    pad = ~valid.unsqueeze(-1)
+    obs_t, delta_t = batch.obs.masked_fill(pad, 0.0), batch.forward_target.masked_fill(pad, 0.0)
+    act_t = batch.act.masked_fill(pad if batch.act.dim() == 3 else ~valid, 0)
+    rew_t = batch.rew.masked_fill(~valid, 0.0).unsqueeze(-1)  # [B, T, 1]
+    transitions = valid[:, 1:] & valid[:, :-1]  # [B, T-1] both ends of t -> t+1 are real
+
+    on = weights.terms
+    errors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (error, where it counts) [b, T]
+    if "forward" in on:
+        errors["forward"] = _squared_error(heads.delta_obs(act_h[fwd]), delta_t[fwd]), valid[fwd]
+    if "reward" in on:
+        errors["reward"] = _squared_error(heads.reward(act_h[fwd]), rew_t[fwd]), valid[fwd]
+    if "policy" in on:
+        errors["policy"] = _action_error(heads.policy(obs_h[fwd]), act_t[fwd], discrete), valid[fwd]
+    if "inverse" in on:  # o_{t+1} -> a_t for t = 0..T-2
+        error = _action_error(heads.inverse(obs_h[inv][:, 1:]), act_t[inv][:, :-1], discrete)
+        errors["inverse"] = error, transitions[inv]
+    if "hindsight" in on:
+        error = _action_error(heads.recon_action(act_h[hind]), act_t[hind], discrete)
+        errors["hindsight"] = error, hidden[hind][:, 1::2]
+    if "hindsight_obs" in on:
+        error = _squared_error(heads.recon_obs(obs_h[hind]), obs_t[hind])
+        errors["hindsight_obs"] = error, hidden[hind][:, 0::2]
+    kept = [errors[name] for name in on]
+    sums = torch.stack([torch.where(keep, error, 0.0).sum() for error, keep in kept])
+    counts = torch.stack([keep.sum() for _, keep in kept]).float()
+    return sums, counts
 
 
 def pretraining_loss(
@@ -200,68 +342,13 @@ def pretraining_loss(
     weights: ObjectiveWeights | None = None,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
-    """All switched-on pretraining losses from one forward pass of ``model``.
+    """All switched-on pretraining losses from one forward pass of ``model``, averaged over ``batch``.
 
     :param batch: normalized windows; padding positions are never part of a loss.
     :param weights: loss weights and masking ratios (default :class:`ObjectiveWeights`).
     :param generator: a CPU generator for the group split and the hidden tokens (drawn on the host).
     """
     weights = ObjectiveWeights() if weights is None else weights
-    device = batch.obs.device
-    size, steps = batch.valid.shape
-    length = 2 * steps
-    rows = assign_groups(size, weights, generator)
-    group = torch.empty(size, dtype=torch.long)  # [B] group index of each sample, on the host
-    for index, members in enumerate(rows):
-        group[members] = index
-    patterns = torch.stack(
-        [
-            masks.causal(length),
-            masks.inverse_dynamics(length, k=weights.inverse_k),
-            masks.bidirectional(length),
-        ]
-    )  # [3, L, L], in the order of GROUPS
-    attn_mask = patterns[group].unsqueeze(1).to(device)  # [B, 1, L, L]
-    hidden = masks.random_token_mask(
-        size,
-        steps,
-        act_ratio=weights.act_mask_ratio,
-        obs_ratio=weights.obs_mask_ratio,
-        generator=generator,
-        valid_steps=batch.valid.cpu(),
-    )
-    hidden = (hidden & (group == GROUPS.index("hindsight")).unsqueeze(1)).to(device)  # [B, 2T]
-    out = model(batch.obs, batch.act, attn_mask=attn_mask, hidden=hidden, valid=batch.valid)
-
-    heads, on = model.heads, weights.terms
-    valid = batch.valid
-    # Targets at padding are zeroed: a NaN there would reach the gradients through the masked mean.
-    obs_t = batch.obs.masked_fill(~valid.unsqueeze(-1), 0.0)
-    act_t = batch.act.masked_fill(~valid.unsqueeze(-1) if batch.act.dim() == 3 else ~valid, 0)
-    terms: dict[str, torch.Tensor] = {}
-    fwd, inv, hind = (r.to(device) for r in rows)
-    if "forward" in on or "reward" in on or "policy" in on:
-        act_h, obs_h, keep = out.act_hidden[fwd], out.obs_hidden[fwd], valid[fwd]  # [Bf, T, D], [Bf, T]
-        if "forward" in on:
-            target = batch.forward_target[fwd].masked_fill(~keep.unsqueeze(-1), 0.0)
-            terms["forward"] = _masked_mean((heads.delta_obs(act_h) - target).square().mean(-1), keep)
-        if "reward" in on:
-            target = batch.rew[fwd].masked_fill(~keep, 0.0)
-            terms["reward"] = _masked_mean((heads.reward(act_h).squeeze(-1) - target).square(), keep)
-        if "policy" in on:
-            terms["policy"] = _masked_mean(_action_error(model, heads.policy(obs_h), act_t[fwd]), keep)
-    if "inverse" in on:
-        obs_h = out.obs_hidden[inv][:, 1:]  # [Bi, T-1, D]: o_{t+1} for t = 0..T-2
-        keep = valid[inv][:, 1:] & valid[inv][:, :-1]  # both ends of the transition are real
-        error = _action_error(model, heads.inverse(obs_h), act_t[inv][:, :-1])
-        terms["inverse"] = _masked_mean(error, keep)
-    if "hindsight" in on:
-        keep = hidden[hind][:, 1::2]  # [Bh, T] hidden actions
-        error = _action_error(model, heads.recon_action(out.act_hidden[hind]), act_t[hind])
-        terms["hindsight"] = _masked_mean(error, keep)
-    if "hindsight_obs" in on:
-        keep = hidden[hind][:, 0::2]  # [Bh, T] hidden observations
-        error = (heads.recon_obs(out.obs_hidden[hind]) - obs_t[hind]).square().mean(-1)
-        terms["hindsight_obs"] = _masked_mean(error, keep)
-    total = sum((on[name] * value for name, value in terms.items()), start=torch.zeros((), device=device))
-    return LossOutput(total=total, terms=terms)
+    draw = draw_masks(batch.valid.shape[0], batch.valid.shape[1], weights, generator)
+    sums, counts = loss_sums(model, batch, draw, weights)
+    return LossOutput.from_sums(sums, counts, weights)
