@@ -3,10 +3,8 @@
 Nothing in a checkpoint is unpickled as code: weights are safetensors, the configuration is JSON, and the
 trainer state (optimizer, scheduler, step, RNG) is read with ``torch.load(weights_only=True)``.
 
-Saving is atomic at the directory level. The new checkpoint is written to ``.NAME.tmp`` beside the
-target, the previous one is moved to ``.NAME.old``, the new one takes its place, and the old one is
-removed. A crash at any point leaves either the previous or the new checkpoint loadable: if it struck
-between the two renames, the next save or load puts ``.NAME.old`` back.
+Saving is atomic at the directory level (:mod:`maskctrl.models.atomic`): a crash at any point leaves
+either the previous or the new checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from safetensors.torch import load_model, save_model
 
 import maskctrl
 from maskctrl.envs.spaces import describe_space, space_bounds
+from maskctrl.models.atomic import recover_directory, write_directory_atomically
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
 
@@ -99,46 +97,36 @@ def save_checkpoint(
     never replaced.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    if target.exists() and not (target / CONFIG).is_file():
-        raise CheckpointError(f"{target} exists and is not a maskctrl checkpoint; refusing to replace it")
-    tmp, old = _sibling(target, "tmp"), _sibling(target, "old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS))
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "maskctrl_version": maskctrl.__version__,
-        "model": dataclasses.asdict(model.config),
-        "normalizer": None if normalizer is None else normalizer.to_dict(),
-        "env": None if env is None else dataclasses.asdict(env),
-        "step": int(step),
-        "weights_sha256": _sha256(tmp / WEIGHTS),
-        "metadata": metadata or {},
-    }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / WEIGHTS))
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "maskctrl_version": maskctrl.__version__,
+            "model": dataclasses.asdict(model.config),
+            "normalizer": None if normalizer is None else normalizer.to_dict(),
+            "env": None if env is None else dataclasses.asdict(env),
+            "step": int(step),
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "metadata": metadata or {},
+        }
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+
+    try:
+        return write_directory_atomically(target, write, marker=CONFIG)
+    except FileExistsError as err:
+        raise CheckpointError(
+            f"{target} exists and is not a maskctrl checkpoint; refusing to replace it"
+        ) from err
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint's ``config.json`` without loading weights."""
     target = Path(path)
-    _recover(target)
+    recover_directory(target)
     if not target.exists():
         raise CheckpointError(f"no checkpoint at {target} (expected a directory with {WEIGHTS} and {CONFIG})")
     if not target.is_dir():
@@ -215,7 +203,7 @@ def load_checkpoint(
 def load_trainer_state(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load the trainer state saved with a checkpoint, refusing anything but plain tensors and containers."""
     target = Path(path)
-    _recover(target)
+    recover_directory(target)
     file = target / TRAINER_STATE
     if not file.is_file():
         raise CheckpointError(
@@ -279,28 +267,9 @@ def check_compatible(
         raise CheckpointError("; ".join(problems))
 
 
-def _sibling(target: Path, kind: str) -> Path:
-    return target.with_name(f".{target.name}.{kind}")
-
-
-def _recover(target: Path) -> None:
-    """Undo a save interrupted between moving the old checkpoint aside and moving the new one in."""
-    old = _sibling(target, "old")
-    if not target.exists() and old.is_dir():
-        os.rename(old, target)
-
-
 def _sha256(file: Path) -> str:
     digest = hashlib.sha256()
     with file.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
