@@ -19,10 +19,10 @@ from maskctrl.planner.optimizers import (
     MPPIConfig,
     Objective,
     PlanState,
-    ReturnMode,
     TrajectoryOptimizer,
     make_optimizer,
 )
+from maskctrl.planner.plan import ReturnMode
 
 H, A = 5, 2
 LOW = torch.tensor([-1.0, -0.5])
