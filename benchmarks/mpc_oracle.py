@@ -1,0 +1,256 @@
+"""Oracle MPC vs a random policy on the MuJoCo envs: env return, episode length and control steps/s.
+
+The oracle (:class:`maskctrl.planner.oracle.OracleDynamics`) plans in the true simulator, so these numbers
+are the upper bound a learned dynamics model can approach at the same planning budget. All optimizers
+of an env share one budget (N candidates, horizon H, iterations), chosen so that a 2-core CPU plans at
+>= 5 control steps/s; torch runs single-threaded and the mujoco.rollout pool on ``--nthread`` threads.
+
+Run ``python benchmarks/mpc_oracle.py`` (all envs and methods, ``EPISODES`` episodes each: ~25 minutes on
+2 cores), or select, e.g. ``--envs Reacher Hopper --methods random icem --episodes 3 --max-steps 200``.
+Writes ``benchmarks/results/mpc_oracle.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import tyro
+from common import fmt_mean_std, machine_info, markdown_table, mean_std, write_results
+from tqdm import tqdm
+
+import maskctrl.envs  # noqa: F401  (registers the built-in envs)
+from maskctrl.commands.mpc import EpisodeResult, run_episodes
+from maskctrl.envs.registry import get_spec
+from maskctrl.planner.mpc import MPCConfig, MPCController
+from maskctrl.planner.oracle import OracleDynamics
+
+Method = Literal["random", "cem", "icem", "mppi"]
+ENVS = ("InvertedPendulum", "Reacher", "HalfCheetah", "Hopper")
+
+TARGETS = {"InvertedPendulum": 1000.0, "Reacher": -5.0, "HalfCheetah": 6000.0, "Hopper": 1500.0}
+"""Return each oracle planner should reach (random: InvertedPendulum ~6, Reacher ~-43, HalfCheetah
+~-300, Hopper ~25)."""
+MIN_STEPS_PER_SECOND = 5.0
+"""Planning speed each budget is meant to reach on 2 free CPU cores."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Planning budget of one env, shared by its optimizers."""
+
+    samples: int
+    """Candidates N per iteration (iCEM's first iteration; it decays afterwards)."""
+    horizon: int
+    """Planning horizon H."""
+    iterations: int
+    """Optimizer iterations per control step."""
+
+
+BUDGETS = {
+    "InvertedPendulum": Budget(samples=64, horizon=50, iterations=3),
+    "Reacher": Budget(samples=64, horizon=25, iterations=3),
+    "HalfCheetah": Budget(samples=128, horizon=15, iterations=3),
+    "Hopper": Budget(samples=64, horizon=15, iterations=3),
+}
+"""Tuned on single-env runs of seeds 0-2. InvertedPendulum (dt 0.04 s): at H=30 (1.2 s ahead) the cart
+oscillates with growing amplitude under the spec's planning reward and iCEM / MPPI drop the pole after
+100-900 steps; at H=50 CEM and iCEM keep it up. Reacher's return improves up to H=25 (0.5 s). Hopper
+falls after 110-230 steps at every budget and objective tried (H up to 60, N up to 256, several shaped
+rewards), so its budget is simply one that keeps >= 5 steps/s."""
+OPTIMIZER_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "InvertedPendulum": {"mppi": {"noise_std": 0.1}},
+    # White-noise CEM pays Reacher's ||a||^2 on every noisy action: return the smoothed mean instead.
+    "Reacher": {
+        "cem": {"num_elites": 10, "return_mode": "mean", "init_std": 0.25},
+        "mppi": {"temperature": 1.0, "noise_std": 0.2},
+    },
+    # A running cheetah alternates its legs faster than beta = 2 noise (iCEM's default) varies.
+    "HalfCheetah": {"icem": {"noise_beta": 0.0}, "mppi": {"temperature": 0.5, "noise_std": 0.5}},
+    "Hopper": {"icem": {"noise_beta": 1.0}, "mppi": {"temperature": 0.5}},
+}
+"""Per-optimizer settings (MPPI's temperature is in units of return, so it is per env)."""
+EPISODES = {"InvertedPendulum": 2, "Reacher": 5, "HalfCheetah": 1, "Hopper": 3}
+"""Default episodes per (env, method): many of the short ones, one of HalfCheetah's 1000 planned steps."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """Options of the oracle MPC benchmark."""
+
+    envs: tuple[str, ...] = ENVS
+    """Envs to run."""
+    methods: tuple[Method, ...] = ("random", "cem", "icem", "mppi")
+    """Policies to compare: a uniform random policy and oracle MPC with each optimizer."""
+    episodes: int | None = None
+    """Episodes per (env, method), episode i reset with seed + i (None: the per-env ``EPISODES``)."""
+    max_steps: int | None = None
+    """Cap on episode length for quick runs (None: the full episode, 1000 steps for most envs)."""
+    seed: int = 0
+    """Seed of resets, planners and the random policy."""
+    nthread: int = 2
+    """Threads of the mujoco.rollout pool."""
+    exact_observations: bool = False
+    """Reacher: replay each imagined step's last substep for bit-exact observations (about half the
+    speed; the planned returns matched the cheaper forward kinematics of the final state on every seed
+    tried). Other envs are exact either way."""
+    out_dir: Path = Path("benchmarks/results")
+    """Where the JSON, markdown and plot go."""
+    name: str = "mpc_oracle"
+    """Stem of the output files."""
+
+
+class RandomPolicy:
+    """Uniform random actions with SB3's ``predict`` signature, from a seeded numpy generator."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, seed: int) -> None:
+        self.low, self.high = low, high
+        self.rng = np.random.default_rng(seed)
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """A uniform action within the bounds."""
+        return self.rng.uniform(self.low, self.high).astype(np.float32), state
+
+
+def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResult]:
+    """Run ``cfg.episodes`` episodes of ``method`` in ``env_name``."""
+    spec = get_spec(env_name)
+    max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
+    episodes = cfg.episodes if cfg.episodes is not None else EPISODES[env_name]
+    env = spec.make(max_episode_steps=max_steps)
+    policy: Any
+    if method == "random":
+        policy = RandomPolicy(env.action_space.low, env.action_space.high, cfg.seed)
+    else:
+        budget = BUDGETS[env_name]
+        mpc = MPCConfig(
+            optimizer=method,
+            horizon=budget.horizon,
+            samples=budget.samples,
+            iterations=budget.iterations,
+            optimizer_overrides=OPTIMIZER_OVERRIDES.get(env_name, {}).get(method, {}),
+            seed=cfg.seed,
+        )
+        policy = MPCController(
+            OracleDynamics([env], spec, nthread=cfg.nthread, exact_observations=cfg.exact_observations),
+            spec,
+            env.action_space,
+            mpc,
+        )
+    with tqdm(total=episodes * max_steps, desc=f"{env_name} {method}", unit="step", leave=False) as bar:
+        results = run_episodes(policy, env, episodes=episodes, seed=cfg.seed, on_step=bar.update)
+    env.close()
+    return results
+
+
+def plot(path: Path, rows: list[dict[str, Any]], envs: tuple[str, ...]) -> None:
+    """One panel per env: mean return per method (error bar: std over episodes), target dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(envs), figsize=(3.2 * len(envs), 3.2), squeeze=False)
+    for ax, env_name in zip(axes[0], envs, strict=True):
+        mine = [r for r in rows if r["env"] == env_name]
+        colors = ["tab:gray" if r["method"] == "random" else "tab:blue" for r in mine]
+        ax.bar(
+            [r["method"] for r in mine],
+            [r["return_mean"] for r in mine],
+            yerr=[r["return_std"] for r in mine],
+            color=colors,
+        )
+        ax.axhline(TARGETS[env_name], color="tab:red", linestyle="--", linewidth=1, label="target")
+        ax.set_title(env_name)
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].set_ylabel("episode return")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Run every (env, method) pair, print the markdown table and write JSON, markdown and plot."""
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    for env_name in cfg.envs:
+        for method in cfg.methods:
+            results = run_one(env_name, method, cfg)
+            returns = [r.episode_return for r in results]
+            speed = [r.steps_per_second for r in results]
+            budget = BUDGETS[env_name]
+            ret_mean, ret_std = mean_std(returns)
+            met = (
+                None
+                if method == "random"
+                else bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND)
+            )
+            row: dict[str, Any] = {
+                "env": env_name,
+                "method": method,
+                "samples": None if method == "random" else budget.samples,
+                "horizon": None if method == "random" else budget.horizon,
+                "iterations": None if method == "random" else budget.iterations,
+                "return_mean": ret_mean,
+                "return_std": ret_std,
+                "returns": returns,
+                "lengths": [r.length for r in results],
+                "steps_per_second": speed,
+                "target": TARGETS[env_name],
+                "target_met": met,
+            }
+            rows.append(row)
+            print(
+                f"{env_name:>16} {method:>6}: return {fmt_mean_std(returns)}, {np.mean(speed):.1f} steps/s",
+                file=sys.stderr,
+            )
+    headers = ["env", "method", "N", "H", "iters", "return", "length", "steps/s", "target", "met"]
+    table = markdown_table(
+        headers,
+        [
+            [
+                r["env"],
+                r["method"],
+                r["samples"] or "-",
+                r["horizon"] or "-",
+                r["iterations"] or "-",
+                fmt_mean_std(r["returns"]),
+                fmt_mean_std(r["lengths"], digits=0),
+                fmt_mean_std(r["steps_per_second"]),
+                f"{r['target']:g}",
+                "-" if r["target_met"] is None else ("yes" if r["target_met"] else "no"),
+            ]
+            for r in rows
+        ],
+    )
+    info = machine_info()
+    n_episodes = f"{cfg.episodes} episode(s)" if cfg.episodes is not None else f"episodes {EPISODES}"
+    steps = "full episodes" if cfg.max_steps is None else f"episodes capped at {cfg.max_steps} steps"
+    markdown = (
+        f"# Oracle MPC vs random policy\n\n{n_episodes} per row, {steps}, seed {cfg.seed}, "
+        f"mujoco.rollout on {cfg.nthread} threads, torch on 1, exact_observations={cfg.exact_observations}; "
+        f"measured {info['date']} on {info['processor']} x{info['cpu_count']} (a CPU shared with other jobs: speeds are lower bounds).\n"
+        f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s.\n\n{table}\n"
+    )
+    print(markdown)
+    record = {"config": {**cfg.__dict__, "out_dir": str(cfg.out_dir)}, "machine": info, "rows": rows}
+    json_path, md_path = write_results(cfg.out_dir, cfg.name, record, markdown)
+    png_path = cfg.out_dir / f"{cfg.name}.png"
+    plot(png_path, rows, cfg.envs)
+    print(f"wrote {json_path}, {md_path}, {png_path}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main(tyro.cli(BenchConfig))

@@ -1,0 +1,282 @@
+"""Model predictive control behind Stable-Baselines3's ``predict`` contract.
+
+:class:`MPCController` plans, at every call and for every env of a vector env, a length-H action sequence
+by optimizing (CEM / iCEM / MPPI, :mod:`maskctrl.planner.optimizers`) the discounted planning return of
+candidates rolled out by a :class:`~maskctrl.planner.dynamics.DynamicsModel`, then emits the first action.
+It keeps each env's recent history (what it observed and what it emitted) and warm-starts each env from its
+shifted previous plan. ``evaluate_policy``, ``imitation`` rollouts and DAgger accept it as a policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from maskctrl.envs.registry import EnvSpec
+from maskctrl.planner.dynamics import DynamicsModel, History
+from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPCConfig:
+    """How the controller plans; one instance per experiment."""
+
+    optimizer: Literal["cem", "icem", "mppi"] = "icem"
+    """Trajectory optimizer."""
+    horizon: int = 15
+    """Planning horizon H (control steps)."""
+    samples: int = 128
+    """Candidate sequences N per optimizer iteration."""
+    iterations: int = 3
+    """Optimizer iterations per control step."""
+    elites: int | None = None
+    """Elites K refitted to (CEM / iCEM); None: the optimizer's default, capped at ``samples // 2``."""
+    discount: float = 1.0
+    """Per-step discount of the planning return."""
+    history_len: int = 8
+    """Real steps K of each env's history handed to the dynamics model."""
+    use_planning_reward: bool = True
+    """Score with the spec's shaped ``planning_reward_fn`` when it has one (else the model's reward)."""
+    optimizer_overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Extra optimizer config fields (e.g. ``{"noise_beta": 1.0}`` for iCEM), passed to ``make_optimizer``."""
+    device: str = "cpu"
+    """Where candidates are sampled and scored (``"cuda"`` works when the model lives there)."""
+    seed: int = 0
+    """Seed of the controller's torch generator (its only source of randomness)."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1 or self.samples < 1 or self.iterations < 1 or self.history_len < 1:
+            raise ValueError(
+                "expected horizon, samples, iterations and history_len >= 1, got "
+                f"{self.horizon}, {self.samples}, {self.iterations}, {self.history_len}"
+            )
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"expected discount in (0, 1], got {self.discount}")
+
+
+def planning_return(
+    reward: torch.Tensor, terminated: torch.Tensor, *, discount: float, termination_penalty: float
+) -> torch.Tensor:
+    """Discounted return [N] of rewards [N,H] that stops after a candidate's first termination.
+
+    The terminating step's reward still counts (as in the env); ``termination_penalty`` is subtracted
+    once, discounted like that step's reward. Rewards after termination are ignored even if non-finite;
+    a non-finite reward before it makes the return non-finite (the optimizers rank that as worst).
+    """
+    h = reward.shape[1]
+    term = terminated.to(reward.dtype)
+    # alive[n, t]: no termination strictly before step t.
+    alive = torch.cumprod(torch.cat([torch.ones_like(term[:, :1]), 1.0 - term[:, :-1]], dim=1), dim=1) > 0
+    weight = discount ** torch.arange(h, device=reward.device, dtype=reward.dtype)  # [H]
+    gained = torch.where(alive, reward, torch.zeros_like(reward)) * weight
+    penalty = termination_penalty * (alive & terminated).to(reward.dtype) * weight
+    return (gained - penalty).sum(dim=1)
+
+
+class MPCController:
+    """Batched MPC with SB3's ``predict(observation, state, episode_start, deterministic)`` contract.
+
+    :param dynamics: the model that rolls candidates out (e.g. :class:`~maskctrl.planner.oracle.OracleDynamics`
+        over the very envs being controlled, env ``i`` of the observation batch being its env ``i``).
+    :param spec: the env's spec: observation/action dims, planning reward, termination penalty.
+    :param action_space: the env's ``Box`` action space; plans and emitted actions stay inside it.
+    :param config: planning settings.
+    :param optimizer: a ready optimizer, which then decides samples, iterations and horizon (default:
+        ``make_optimizer(config.optimizer, ...)`` from the config).
+    """
+
+    def __init__(
+        self,
+        dynamics: DynamicsModel,
+        spec: EnvSpec,
+        action_space: spaces.Box,
+        config: MPCConfig | None = None,
+        *,
+        optimizer: TrajectoryOptimizer | None = None,
+    ) -> None:
+        self.config = config if config is not None else MPCConfig()
+        if action_space.shape != (spec.act_dim,):
+            raise ValueError(
+                f"spec {spec.name!r} expects actions ({spec.act_dim},), action_space is {action_space.shape}"
+            )
+        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise ValueError("MPCController needs a bounded action space (finite low and high)")
+        self.dynamics = dynamics
+        self.spec = spec
+        self.action_space = action_space
+        self.device = torch.device(self.config.device)
+        self.low = torch.as_tensor(action_space.low, dtype=torch.float32, device=self.device)  # [A]
+        self.high = torch.as_tensor(action_space.high, dtype=torch.float32, device=self.device)  # [A]
+        self.optimizer = optimizer if optimizer is not None else self._make_optimizer()
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.n_envs = 0
+        self._obs = torch.zeros(0)  # [E,K,O]
+        self._act = torch.zeros(0)  # [E,K,A]
+        self._valid = torch.zeros(0, dtype=torch.bool)  # [E,K]
+        self._last_act = torch.zeros(0)  # [E,A] emitted at the latest observation
+        self._plans: list[PlanState | None] = []
+
+    def _make_optimizer(self) -> TrajectoryOptimizer:
+        cfg = self.config
+        overrides: dict[str, Any] = {"num_samples": cfg.samples, "num_iterations": cfg.iterations}
+        if cfg.optimizer in ("cem", "icem"):
+            default = (ICEMConfig if cfg.optimizer == "icem" else CEMConfig)().num_elites
+            overrides["num_elites"] = (
+                cfg.elites if cfg.elites is not None else max(1, min(default, cfg.samples // 2))
+            )
+        overrides.update(cfg.optimizer_overrides)
+        return make_optimizer(
+            cfg.optimizer,
+            horizon=cfg.horizon,
+            action_low=self.low,
+            action_high=self.high,
+            device=self.device,
+            **overrides,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self, n_envs: int | None = None) -> None:
+        """Forget every env's history and plan (and resize to ``n_envs`` envs when given)."""
+        n = self.n_envs if n_envs is None else n_envs
+        k, o, a = self.config.history_len, self.spec.obs_dim, self.spec.act_dim
+        self.n_envs = n
+        self._obs = torch.zeros(n, k, o, device=self.device)
+        self._act = torch.zeros(n, k, a, device=self.device)
+        self._valid = torch.zeros(n, k, dtype=torch.bool, device=self.device)
+        self._last_act = torch.zeros(n, a, device=self.device)
+        self._plans = [None] * n
+
+    def history(self, env_index: int) -> History:
+        """The history of env ``env_index`` as the dynamics model sees it (see :class:`History`)."""
+        return History(
+            obs=self._obs[env_index],
+            act=self._act[env_index],
+            valid=self._valid[env_index],
+            env_index=env_index,
+        )
+
+    # ------------------------------------------------------------------ SB3 contract
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Plan and return the next action of every env.
+
+        :param observation: ``[n_envs, O]``, or ``[O]`` for a single env (then the action is ``[A]``).
+        :param state: unused (the controller keeps each env's history itself); returned as given.
+        :param episode_start: bool ``[n_envs]``; True forgets that env's history and plan first. A change
+            in the number of envs resets every env.
+        :param deterministic: unused; the planned first action is always returned.
+        :return: ``(actions [n_envs, A] or [A], state)``, actions within the action space.
+        """
+        obs, single = self._check_observation(observation)
+        n = obs.shape[0]
+        if n != self.n_envs:
+            self.reset(n)
+        if episode_start is not None:
+            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
+            if starts.shape != (n,):
+                raise ValueError(f"expected episode_start of shape ({n},), got {np.shape(episode_start)}")
+            for i in np.flatnonzero(starts):
+                self._forget(int(i))
+        self._push_observation(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        actions = torch.stack([self._plan(i) for i in range(n)])  # [E,A]
+        self._last_act = actions
+        out = actions.cpu().numpy().astype(self.action_space.dtype)
+        return (out[0] if single else out), state
+
+    def __call__(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """``imitation``'s policy-callable form of :meth:`predict`."""
+        return self.predict(observation, state, episode_start)
+
+    def _check_observation(self, observation: Any) -> tuple[np.ndarray, bool]:
+        o = self.spec.obs_dim
+        if isinstance(observation, dict):
+            raise ValueError(
+                f"expected observation of shape (n_envs, {o}) or ({o},), got a dict with keys "
+                f"{sorted(observation)}; the controller keeps its own history, so step it in the unwrapped env"
+            )
+        obs = np.asarray(observation)
+        if obs.ndim == 1 and obs.shape == (o,):
+            obs, single = obs[None], True
+        elif obs.ndim == 2 and obs.shape[1] == o and obs.shape[0] >= 1:
+            single = False
+        else:
+            raise ValueError(f"expected observation of shape (n_envs, {o}) or ({o},), got {obs.shape}")
+        if not np.issubdtype(obs.dtype, np.number):
+            raise ValueError(f"expected a numeric observation, got dtype {obs.dtype}")
+        bad = ~np.isfinite(obs).all(axis=1)
+        if bad.any():
+            raise ValueError(f"observation contains NaN or inf (env index {np.flatnonzero(bad).tolist()})")
+        return obs, single
+
+    def _forget(self, i: int) -> None:
+        self._obs[i] = 0.0
+        self._act[i] = 0.0
+        self._valid[i] = False
+        self._last_act[i] = 0.0
+        self._plans[i] = None
+
+    def _push_observation(self, obs: torch.Tensor) -> None:
+        """Shift every history one step left and append ``obs`` [E,O]; the new action slot is zero."""
+        self._obs = torch.roll(self._obs, -1, dims=1)
+        self._act = torch.roll(self._act, -1, dims=1)
+        self._valid = torch.roll(self._valid, -1, dims=1)
+        if self.config.history_len > 1:
+            # The action emitted at the previous observation (zero for an env that was just reset).
+            self._act[:, -2] = self._last_act
+        self._obs[:, -1] = obs
+        self._act[:, -1] = 0.0
+        self._valid[:, -1] = True
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, i: int) -> torch.Tensor:
+        """Optimize env ``i``'s plan; return its first action [A], finite and within bounds."""
+        history = self.history(i)
+        warm = self._plans[i]
+        result = self.optimizer.optimize(
+            lambda actions: self._objective(history, actions), warm, generator=self.generator
+        )
+        fallback = (warm if warm is not None else self.optimizer.initial_state()).mean[0].to(self.low)
+        action = result.actions[0].to(self.low)
+        if not torch.isfinite(action).all():
+            action = fallback
+        if not torch.isfinite(action).all():
+            action = (self.low + self.high) / 2
+        nxt = result.next_state
+        finite_plan = torch.isfinite(nxt.mean).all() and torch.isfinite(nxt.std).all()
+        self._plans[i] = nxt if bool(finite_plan) else None
+        return torch.minimum(torch.maximum(action, self.low), self.high)
+
+    def _objective(self, history: History, actions: torch.Tensor) -> torch.Tensor:
+        """Planning return [N] of candidate sequences ``actions`` [N,H,A] from ``history``."""
+        out = self.dynamics.rollout(history, actions)
+        reward = out.reward
+        planning_fn = self.spec.planning_reward_fn
+        if self.config.use_planning_reward and planning_fn is not None:
+            first = history.current_obs.to(out.next_obs).expand(actions.shape[0], 1, -1)  # [N,1,O]
+            prev_obs = torch.cat([first, out.next_obs[:, :-1]], dim=1)  # [N,H,O]
+            reward = planning_fn(prev_obs, actions.to(out.next_obs), out.next_obs)
+        returns = planning_return(
+            reward,
+            out.terminated,
+            discount=self.config.discount,
+            termination_penalty=self.spec.termination_penalty,
+        )
+        return returns.to(device=actions.device)
