@@ -83,7 +83,7 @@ def _cpu_model() -> str:
 
 
 def write_results(out_dir: Path, name: str, record: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``record`` to ``out_dir/name.json`` and ``markdown`` to ``out_dir/name.md``; return both paths."""
+    """Write ``record`` to ``out_dir/name.json`` and ``markdown`` to ``out_dir/name.md``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -12,6 +12,7 @@ Writes ``benchmarks/results/mpc_oracle.{json,md,png}``.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ class BenchConfig:
     """Where the JSON, markdown and plot go."""
     name: str = "mpc_oracle"
     """Stem of the output files."""
+    update: bool = False
+    """Keep the rows of (env, method) pairs not run now from the existing JSON (each row has its date)."""
 
 
 class RandomPolicy:
@@ -180,74 +183,88 @@ def plot(path: Path, rows: list[dict[str, Any]], envs: tuple[str, ...]) -> None:
     plt.close(fig)
 
 
+def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
+    """Run one (env, method) pair and summarize it as a result row."""
+    results = run_one(env_name, method, cfg)
+    returns = [r.episode_return for r in results]
+    speed = [r.steps_per_second for r in results]
+    budget = BUDGETS[env_name]
+    planned = method != "random"
+    ret_mean, ret_std = mean_std(returns)
+    met = bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND) if planned else None
+    print(
+        f"{env_name:>16} {method:>6}: return {fmt_mean_std(returns)}, {np.mean(speed):.1f} steps/s",
+        file=sys.stderr,
+    )
+    return {
+        "env": env_name,
+        "method": method,
+        "samples": budget.samples if planned else None,
+        "horizon": budget.horizon if planned else None,
+        "iterations": budget.iterations if planned else None,
+        "overrides": OPTIMIZER_OVERRIDES.get(env_name, {}).get(method, {}) if planned else {},
+        "return_mean": ret_mean,
+        "return_std": ret_std,
+        "returns": returns,
+        "seeds": [r.seed for r in results],
+        "lengths": [r.length for r in results],
+        "steps_per_second": speed,
+        "target": TARGETS[env_name],
+        "target_met": met,
+        "date": machine_info()["date"],
+    }
+
+
+def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -> str:
+    """The markdown report: how it was measured, then one table row per (env, method)."""
+    headers = ["env", "method", "N", "H", "iters", "return", "length", "steps/s", "target", "met"]
+    cells = [
+        [
+            r["env"],
+            r["method"],
+            r["samples"] or "-",
+            r["horizon"] or "-",
+            r["iterations"] or "-",
+            fmt_mean_std(r["returns"]),
+            fmt_mean_std(r["lengths"], digits=0),
+            fmt_mean_std(r["steps_per_second"]),
+            f"{r['target']:g}",
+            "-" if r["target_met"] is None else ("yes" if r["target_met"] else "no"),
+        ]
+        for r in rows
+    ]
+    dates = sorted({r["date"][:16] for r in rows})
+    steps = "full episodes" if cfg.max_steps is None else f"episodes capped at {cfg.max_steps} steps"
+    return (
+        f"# Oracle MPC vs random policy\n\nEach row: the episodes listed in the JSON (seeds {cfg.seed}, "
+        f"{cfg.seed}+1, ...), {steps}; mujoco.rollout on {cfg.nthread} threads, torch on 1, "
+        f"exact_observations={cfg.exact_observations}. Measured {', '.join(dates)} on {info['processor']} "
+        f"x{info['cpu_count']}, a CPU shared with other jobs: speeds are lower bounds.\n"
+        f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s.\n\n"
+        f"{markdown_table(headers, cells)}\n"
+    )
+
+
 def main(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Run every (env, method) pair, print the markdown table and write JSON, markdown and plot."""
     torch.set_num_threads(1)
-    rows: list[dict[str, Any]] = []
-    for env_name in cfg.envs:
-        for method in cfg.methods:
-            results = run_one(env_name, method, cfg)
-            returns = [r.episode_return for r in results]
-            speed = [r.steps_per_second for r in results]
-            budget = BUDGETS[env_name]
-            ret_mean, ret_std = mean_std(returns)
-            met = (
-                None
-                if method == "random"
-                else bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND)
-            )
-            row: dict[str, Any] = {
-                "env": env_name,
-                "method": method,
-                "samples": None if method == "random" else budget.samples,
-                "horizon": None if method == "random" else budget.horizon,
-                "iterations": None if method == "random" else budget.iterations,
-                "return_mean": ret_mean,
-                "return_std": ret_std,
-                "returns": returns,
-                "lengths": [r.length for r in results],
-                "steps_per_second": speed,
-                "target": TARGETS[env_name],
-                "target_met": met,
-            }
-            rows.append(row)
-            print(
-                f"{env_name:>16} {method:>6}: return {fmt_mean_std(returns)}, {np.mean(speed):.1f} steps/s",
-                file=sys.stderr,
-            )
-    headers = ["env", "method", "N", "H", "iters", "return", "length", "steps/s", "target", "met"]
-    table = markdown_table(
-        headers,
-        [
-            [
-                r["env"],
-                r["method"],
-                r["samples"] or "-",
-                r["horizon"] or "-",
-                r["iterations"] or "-",
-                fmt_mean_std(r["returns"]),
-                fmt_mean_std(r["lengths"], digits=0),
-                fmt_mean_std(r["steps_per_second"]),
-                f"{r['target']:g}",
-                "-" if r["target_met"] is None else ("yes" if r["target_met"] else "no"),
-            ]
-            for r in rows
-        ],
-    )
+    rows = [measure(env_name, method, cfg) for env_name in cfg.envs for method in cfg.methods]
+    json_path = cfg.out_dir / f"{cfg.name}.json"
+    if cfg.update and json_path.exists():
+        ran = {(r["env"], r["method"]) for r in rows}
+        kept = [r for r in json.loads(json_path.read_text())["rows"] if (r["env"], r["method"]) not in ran]
+        order = {name: i for i, name in enumerate(ENVS)}
+        methods = ["random", "cem", "icem", "mppi"]
+        rows = sorted(
+            kept + rows, key=lambda r: (order.get(r["env"], len(order)), methods.index(r["method"]))
+        )
     info = machine_info()
-    n_episodes = f"{cfg.episodes} episode(s)" if cfg.episodes is not None else f"episodes {EPISODES}"
-    steps = "full episodes" if cfg.max_steps is None else f"episodes capped at {cfg.max_steps} steps"
-    markdown = (
-        f"# Oracle MPC vs random policy\n\n{n_episodes} per row, {steps}, seed {cfg.seed}, "
-        f"mujoco.rollout on {cfg.nthread} threads, torch on 1, exact_observations={cfg.exact_observations}; "
-        f"measured {info['date']} on {info['processor']} x{info['cpu_count']} (a CPU shared with other jobs: speeds are lower bounds).\n"
-        f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s.\n\n{table}\n"
-    )
+    markdown = render(rows, cfg, info)
     print(markdown)
     record = {"config": {**cfg.__dict__, "out_dir": str(cfg.out_dir)}, "machine": info, "rows": rows}
     json_path, md_path = write_results(cfg.out_dir, cfg.name, record, markdown)
     png_path = cfg.out_dir / f"{cfg.name}.png"
-    plot(png_path, rows, cfg.envs)
+    plot(png_path, rows, tuple(dict.fromkeys(r["env"] for r in rows)))
     print(f"wrote {json_path}, {md_path}, {png_path}", file=sys.stderr)
     return rows
 

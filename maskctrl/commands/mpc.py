@@ -213,7 +213,8 @@ def run(cfg: MPCCommandConfig) -> dict[str, Any]:
         results = run_episodes(controller, env, episodes=cfg.episodes, seed=cfg.seed, on_step=bar.update)
     env.close()
     print(
-        f"{cfg.env}: {cfg.dynamics} dynamics, {cfg.optimizer} (N={cfg.samples}, H={cfg.horizon}, iterations={cfg.iterations})"
+        f"{cfg.env}: {cfg.dynamics} dynamics, {cfg.optimizer} "
+        f"(N={cfg.samples}, H={cfg.horizon}, iterations={cfg.iterations})"
     )
     print(format_table(results))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,8 @@ def planning_return(
 class MPCController:
     """Batched MPC with SB3's ``predict(observation, state, episode_start, deterministic)`` contract.
 
-    :param dynamics: the model that rolls candidates out (e.g. :class:`~maskctrl.planner.oracle.OracleDynamics`
+    :param dynamics: the model that rolls candidates out (e.g.
+        :class:`~maskctrl.planner.oracle.OracleDynamics`
         over the very envs being controlled, env ``i`` of the observation batch being its env ``i``).
     :param spec: the env's spec: observation/action dims, planning reward, termination penalty.
     :param action_space: the env's ``Box`` action space; plans and emitted actions stay inside it.
@@ -209,7 +210,8 @@ class MPCController:
         if isinstance(observation, dict):
             raise ValueError(
                 f"expected observation of shape (n_envs, {o}) or ({o},), got a dict with keys "
-                f"{sorted(observation)}; the controller keeps its own history, so step it in the unwrapped env"
+                f"{sorted(observation)}; the controller keeps its own history, so give it the unwrapped "
+                "env's observations"
             )
         obs = np.asarray(observation)
         if obs.ndim == 1 and obs.shape == (o,):

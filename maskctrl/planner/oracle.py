@@ -132,7 +132,8 @@ class OracleDynamics:
         shape = tuple(getattr(first.observation_space, "shape", ()) or ())
         if shape != (spec.obs_dim,):
             raise ValueError(
-                f"env {type(first).__name__} observes shape {shape}, spec {spec.name!r} expects ({spec.obs_dim},)"
+                f"env {type(first).__name__} observes shape {shape}, "
+                f"spec {spec.name!r} expects ({spec.obs_dim},)"
             )
         self.is_mujoco = isinstance(getattr(first, "model", None), mujoco.MjModel)
         if not self.is_mujoco:
