@@ -51,12 +51,17 @@ class DemoConfig:
     """Where the loss plot and the checkpoint go."""
     progress: bool = True
     """Show a progress bar."""
+    threads: int = 1
+    """Torch intra-op threads; the model is tiny, and extra threads only contend with other processes."""
 
 
 def run(cfg: DemoConfig) -> dict[str, list[float]]:
     """Train and report; returns each loss term's value at every step."""
-    if cfg.steps < 20 or cfg.report_every < 1:
-        raise ValueError(f"need steps >= 20 and report_every >= 1, got {cfg.steps} and {cfg.report_every}")
+    if cfg.steps < 20 or cfg.report_every < 1 or cfg.threads < 1:
+        raise ValueError(
+            f"need steps >= 20, report_every >= 1 and threads >= 1, got {cfg.steps}, {cfg.report_every}, {cfg.threads}"
+        )
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     system = LinearSystem.random(cfg.obs_dim, cfg.act_dim, rng)
