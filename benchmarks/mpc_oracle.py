@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import maskctrl.envs  # noqa: F401  (registers the built-in envs)
 from maskctrl.commands.mpc import EpisodeResult, run_episodes
+from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
 from maskctrl.planner.mpc import MPCConfig, MPCController
 from maskctrl.planner.oracle import OracleDynamics
@@ -107,24 +108,6 @@ class BenchConfig:
     """Keep the rows of (env, method) pairs not run now from the existing JSON (each row has its date)."""
 
 
-class RandomPolicy:
-    """Uniform random actions with SB3's ``predict`` signature, from a seeded numpy generator."""
-
-    def __init__(self, low: np.ndarray, high: np.ndarray, seed: int) -> None:
-        self.low, self.high = low, high
-        self.rng = np.random.default_rng(seed)
-
-    def predict(
-        self,
-        observation: np.ndarray | dict[str, np.ndarray],
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """A uniform action within the bounds."""
-        return self.rng.uniform(self.low, self.high).astype(np.float32), state
-
-
 def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResult]:
     """Run ``cfg.episodes`` episodes of ``method`` in ``env_name``."""
     spec = get_spec(env_name)
@@ -133,7 +116,7 @@ def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResu
     env = spec.make(max_episode_steps=max_steps)
     policy: Any
     if method == "random":
-        policy = RandomPolicy(env.action_space.low, env.action_space.high, cfg.seed)
+        policy = RandomPolicy(env.action_space, cfg.seed)
     else:
         budget = BUDGETS[env_name]
         mpc = MPCConfig(

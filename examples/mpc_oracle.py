@@ -21,6 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import maskctrl.envs  # noqa: F401  (registers the built-in envs)
+from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
 from maskctrl.planner.mpc import MPCConfig, MPCController
 from maskctrl.planner.oracle import OracleDynamics
@@ -38,24 +39,6 @@ class Args:
     """Seed of the env resets and the planner."""
 
 
-class RandomPolicy:
-    """Uniform random actions behind the same ``predict`` contract, as a baseline."""
-
-    def __init__(self, low: np.ndarray, high: np.ndarray, seed: int) -> None:
-        self.low, self.high = low, high
-        self.rng = np.random.default_rng(seed)
-
-    def predict(
-        self,
-        observation: np.ndarray | dict[str, np.ndarray],
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """One uniform action per env."""
-        return self.rng.uniform(self.low, self.high, size=(len(observation), *self.low.shape)), state
-
-
 def main(args: Args) -> None:
     """Evaluate a random policy and oracle iCEM MPC on a 2-env DummyVecEnv."""
     spec = get_spec(args.env)
@@ -65,7 +48,7 @@ def main(args: Args) -> None:
     episodes = 2 if args.quick else 4
 
     vec_env.seed(args.seed)
-    random_policy = RandomPolicy(action_space.low, action_space.high, args.seed)
+    random_policy = RandomPolicy(action_space, args.seed)
     random_returns, _ = evaluate_policy(
         random_policy, vec_env, n_eval_episodes=episodes, return_episode_rewards=True
     )
