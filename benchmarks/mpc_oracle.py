@@ -59,13 +59,15 @@ BUDGETS = {
     "HalfCheetah": Budget(samples=128, horizon=15, iterations=3),
     "Hopper": Budget(samples=64, horizon=15, iterations=3),
 }
-"""Tuned on single-env runs of seeds 0-2. InvertedPendulum (dt 0.04 s): at H=30 (1.2 s ahead) the cart
-oscillates with growing amplitude under the spec's planning reward and iCEM / MPPI drop the pole after
-100-900 steps; at H=50 CEM and iCEM keep it up. Reacher's return improves up to H=25 (0.5 s). Hopper
+"""Tuned on single-env runs. InvertedPendulum (dt 0.04 s): at H=30 (1.2 s ahead) the cart oscillates
+with growing amplitude or runs away to the rail under the spec's planning reward and every optimizer
+drops the pole within 100-900 steps on some seed; at H=50 it mostly holds (see OPTIMIZER_OVERRIDES; plain
+CEM still lost one of two episodes at 908 steps). Reacher's return improves up to H=25 (0.5 s). Hopper
 falls after 110-230 steps at every budget and objective tried (H up to 60, N up to 256, several shaped
 rewards), so its budget is simply one that keeps >= 5 steps/s."""
 OPTIMIZER_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "InvertedPendulum": {"mppi": {"noise_std": 0.1}},
+    # Balancing needs small corrections: broad samples (std = half the force range) topple the pole.
+    "InvertedPendulum": {"icem": {"init_std": 0.2}, "mppi": {"noise_std": 0.05}},
     # White-noise CEM pays Reacher's ||a||^2 on every noisy action: return the smoothed mean instead.
     "Reacher": {
         "cem": {"num_elites": 10, "return_mode": "mean", "init_std": 0.25},
@@ -220,7 +222,7 @@ def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -
     steps = "full episodes" if cfg.max_steps is None else f"episodes capped at {cfg.max_steps} steps"
     return (
         f"# Oracle MPC vs random policy\n\nEach row: the episodes listed in the JSON (seeds {cfg.seed}, "
-        f"{cfg.seed}+1, ...), {steps}; mujoco.rollout on {cfg.nthread} threads, torch on 1, "
+        f"{cfg.seed + 1}, ...), {steps}; mujoco.rollout on {cfg.nthread} threads, torch on 1, "
         f"exact_observations={cfg.exact_observations}. Measured {', '.join(dates)} on {info['processor']} "
         f"x{info['cpu_count']}, a CPU shared with other jobs: speeds are lower bounds.\n"
         f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s.\n\n"

@@ -1,6 +1,6 @@
 """MPC in the true simulator: iCEM plans through OracleDynamics, SB3's evaluate_policy scores it.
 
-    python examples/mpc_oracle.py            # Reacher, 2 envs x 2 episodes (about 30 s on 2 cores)
+    python examples/mpc_oracle.py            # Reacher, 2 envs x 2 episodes each (about 30 s on 2 cores)
     python examples/mpc_oracle.py --quick    # smaller planner, 1 episode per env (about 10 s)
 
 The controller is an SB3-style policy (``predict(obs, state, episode_start)``), so it drops into
