@@ -28,8 +28,9 @@ import maskctrl.envs  # noqa: F401  (registers the built-in envs)
 from maskctrl.commands.mpc import EpisodeResult, run_episodes
 from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
-from maskctrl.planner.mpc import MPCConfig, MPCController
+from maskctrl.planner.mpc import MPCController
 from maskctrl.planner.oracle import OracleDynamics
+from maskctrl.planner.presets import BUDGETS, OPTIMIZER_OVERRIDES, preset_config
 
 Method = Literal["random", "cem", "icem", "mppi"]
 ENVS = ("InvertedPendulum", "Reacher", "HalfCheetah", "Hopper")
@@ -41,43 +42,8 @@ MIN_STEPS_PER_SECOND = 5.0
 """Planning speed each budget is meant to reach on 2 free CPU cores."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Budget:
-    """Planning budget of one env, shared by its optimizers."""
-
-    samples: int
-    """Candidates N per iteration (iCEM's first iteration; it decays afterwards)."""
-    horizon: int
-    """Planning horizon H."""
-    iterations: int
-    """Optimizer iterations per control step."""
-
-
-BUDGETS = {
-    "InvertedPendulum": Budget(samples=64, horizon=50, iterations=3),
-    "Reacher": Budget(samples=64, horizon=25, iterations=3),
-    "HalfCheetah": Budget(samples=128, horizon=15, iterations=3),
-    "Hopper": Budget(samples=64, horizon=15, iterations=3),
-}
-"""Tuned on single-env runs. InvertedPendulum (dt 0.04 s): at H=30 (1.2 s ahead) the cart oscillates
-with growing amplitude or runs away to the rail under the spec's planning reward and every optimizer
-drops the pole within 100-900 steps on some seed; at H=50 it mostly holds (see OPTIMIZER_OVERRIDES; plain
-CEM still lost one of two episodes at 908 steps). Reacher's return improves up to H=25 (0.5 s). Hopper
-falls after 110-230 steps at every budget and objective tried (H up to 60, N up to 256, several shaped
-rewards), so its budget is simply one that keeps >= 5 steps/s."""
-OPTIMIZER_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    # Balancing needs small corrections: broad samples (std = half the force range) topple the pole.
-    "InvertedPendulum": {"icem": {"init_std": 0.2}, "mppi": {"noise_std": 0.05}},
-    # White-noise CEM pays Reacher's ||a||^2 on every noisy action: return the smoothed mean instead.
-    "Reacher": {
-        "cem": {"num_elites": 10, "return_mode": "mean", "init_std": 0.25},
-        "mppi": {"temperature": 1.0, "noise_std": 0.2},
-    },
-    # A running cheetah alternates its legs faster than beta = 2 noise (iCEM's default) varies.
-    "HalfCheetah": {"icem": {"noise_beta": 0.0}, "mppi": {"temperature": 0.5, "noise_std": 0.5}},
-    "Hopper": {"icem": {"noise_beta": 1.0}, "mppi": {"temperature": 0.5}},
-}
-"""Per-optimizer settings (MPPI's temperature is in units of return, so it is per env)."""
+BUDGETS_NOTE = """Hopper falls after 110-230 steps at every budget and objective tried (H up to 60, N up to
+256, several shaped rewards), so its budget is simply one that keeps >= 5 steps/s."""
 EPISODES = {"InvertedPendulum": 2, "Reacher": 5, "HalfCheetah": 1, "Hopper": 3}
 """Default episodes per (env, method): many of the short ones, one of HalfCheetah's 1000 planned steps."""
 
@@ -120,15 +86,7 @@ def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResu
     if method == "random":
         policy = RandomPolicy(env.action_space, cfg.seed)
     else:
-        budget = BUDGETS[env_name]
-        mpc = MPCConfig(
-            optimizer=method,
-            horizon=budget.horizon,
-            samples=budget.samples,
-            iterations=budget.iterations,
-            optimizer_overrides=OPTIMIZER_OVERRIDES.get(env_name, {}).get(method, {}),
-            seed=cfg.seed,
-        )
+        mpc = preset_config(env_name, method, seed=cfg.seed)
         policy = MPCController(
             OracleDynamics([env], spec, nthread=cfg.nthread, exact_observations=cfg.exact_observations),
             spec,

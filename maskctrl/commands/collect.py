@@ -48,12 +48,12 @@ class CollectConfig:
     """Replace an existing dataset in --out."""
     optimizer: Literal["cem", "icem", "mppi"] = "icem"
     """oracle-mpc: trajectory optimizer."""
-    horizon: int = 15
-    """oracle-mpc: planning horizon H."""
-    samples: int = 128
-    """oracle-mpc: candidates N per optimizer iteration."""
-    iterations: int = 3
-    """oracle-mpc: optimizer iterations per control step."""
+    horizon: int | None = None
+    """oracle-mpc: planning horizon H (None: the env's tuned preset, see maskctrl.planner.presets)."""
+    samples: int | None = None
+    """oracle-mpc: candidates N per optimizer iteration (None: the env's preset)."""
+    iterations: int | None = None
+    """oracle-mpc: optimizer iterations per control step (None: the env's preset)."""
     nthread: int = 2
     """oracle-mpc: threads of the oracle's mujoco.rollout pool."""
     progress: bool = True
@@ -63,7 +63,7 @@ class CollectConfig:
 def oracle_mpc_factory(cfg: CollectConfig) -> Any:
     """A policy factory building ``MPCController(OracleDynamics(sub_envs))`` for ``cfg.env``."""
     try:
-        from maskctrl.planner.mpc import MPCConfig, MPCController
+        from maskctrl.planner.mpc import MPCController
         from maskctrl.planner.oracle import OracleDynamics
     except ImportError as exc:
         raise RuntimeError(
@@ -72,19 +72,22 @@ def oracle_mpc_factory(cfg: CollectConfig) -> Any:
     from maskctrl.envs.registry import get_spec
 
     spec = get_spec(cfg.env)
-    config = MPCConfig(
-        optimizer=cfg.optimizer,
-        horizon=cfg.horizon,
-        samples=cfg.samples,
-        iterations=cfg.iterations,
-        seed=cfg.seed,
-    )
+    config = expert_config(cfg)
 
     def build(envs: Sequence[Any]) -> Any:
         dynamics = OracleDynamics(list(envs), spec, nthread=cfg.nthread)
         return MPCController(dynamics, spec, envs[0].action_space, config)
 
     return build
+
+
+def expert_config(cfg: CollectConfig) -> Any:
+    """The oracle expert's :class:`~maskctrl.planner.mpc.MPCConfig`: the env's preset, flags on top."""
+    from maskctrl.planner.presets import preset_config
+
+    given: dict[str, Any] = {"horizon": cfg.horizon, "samples": cfg.samples, "iterations": cfg.iterations}
+    changes = {key: value for key, value in given.items() if value is not None}
+    return preset_config(cfg.env, cfg.optimizer, seed=cfg.seed, **changes)
 
 
 def run(cfg: CollectConfig) -> dict[str, Any]:
@@ -94,7 +97,8 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
 
     if cfg.policy == "oracle-mpc":
         policy: Any = oracle_mpc_factory(cfg)
-        name = f"oracle-mpc ({cfg.optimizer}, N={cfg.samples}, H={cfg.horizon}, iterations={cfg.iterations})"
+        mpc = expert_config(cfg)
+        name = f"oracle-mpc ({mpc.optimizer}, N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations})"
     else:
         policy, name = "random", "random"
     _check_out(cfg.out, cfg.overwrite)  # fail before collecting, not after
