@@ -1,0 +1,289 @@
+"""The recipe that builds the default pretrained backbones shipped under ``maskctrl/checkpoints/<Env>/``.
+
+Run ``make checkpoints`` (or ``python -m maskctrl.recipes``) to rebuild all of them on CPU, or e.g.
+``python -m maskctrl.recipes --envs Reacher --work-dir runs/recipes``. For each env it
+
+1. collects random-policy episodes and noisy oracle-MPC expert episodes (``maskctrl collect``'s
+   functions; the expert plans in the true simulator with the env's preset budget), cached in
+   ``--work-dir`` so that a rerun only retrains;
+2. pretrains the masked control transformer on both with every objective summed (``maskctrl pretrain``);
+3. exports the final weights and normalizer, without optimizer state, to the package's checkpoint
+   directory, with metadata recording the recipe, the data, the validation losses, the versions and the
+   wall time of every stage.
+
+The budgets are small on purpose: a few MB per checkpoint and minutes of CPU per env. How the result
+scores as a planning model is measured by ``benchmarks/mpc_learned.py``, not assumed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
+"""Where the shipped default checkpoints live: ``CHECKPOINT_ROOT / <Env>``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Data and training budget of one env's default backbone."""
+
+    random_episodes: int
+    """Uniform-random-policy episodes."""
+    random_max_steps: int
+    """Cap on a random episode's length."""
+    expert_episodes: int
+    """Noisy oracle-MPC episodes."""
+    expert_max_steps: int
+    """Cap on an expert episode's length."""
+    expert_noise: float
+    """Gaussian action noise on the expert, as a fraction of half the action range."""
+    steps: int
+    """Pretraining steps."""
+    batch_size: int = 64
+    """Windows per step."""
+    window: int = 16
+    """Steps per window (the model's context length)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    d_model: int = 128
+    """Token width."""
+    n_head: int = 4
+    """Attention heads."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+
+
+RECIPES: dict[str, Recipe] = {
+    # Random episodes fall within ~5 steps; noisy expert episodes show the pole balanced and recovering.
+    "InvertedPendulum": Recipe(
+        random_episodes=400,
+        random_max_steps=1000,
+        expert_episodes=8,
+        expert_max_steps=250,
+        expert_noise=0.3,
+        steps=1500,
+        batch_size=32,
+        window=64,
+        n_layer=3,
+        d_model=64,
+    ),
+    "Reacher": Recipe(
+        random_episodes=200,
+        random_max_steps=50,
+        expert_episodes=30,
+        expert_max_steps=50,
+        expert_noise=0.2,
+        steps=2000,
+        window=32,
+        n_layer=3,
+        d_model=96,
+    ),
+    "HalfCheetah": Recipe(
+        random_episodes=10,
+        random_max_steps=1000,
+        expert_episodes=6,
+        expert_max_steps=400,
+        expert_noise=0.1,
+        steps=3000,
+        window=24,
+    ),
+}
+"""The default backbones' budgets (see the module docstring for what each stage does). Each window is at
+least the MPC history (8 steps) plus the env's preset horizon minus one, so that a planner's imagined
+rollout stays inside the context the model was trained on."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """Options of ``python -m maskctrl.recipes``."""
+
+    envs: tuple[str, ...] = tuple(RECIPES)
+    """Envs whose default backbone to build."""
+    work_dir: Path = Path("runs/recipes")
+    """Cached datasets and training runs."""
+    out_root: Path = CHECKPOINT_ROOT
+    """Where the exported checkpoints go (``<out_root>/<Env>``)."""
+    scale: float = 1.0
+    """Multiply every episode count and step budget (e.g. 0.05 for a smoke test)."""
+    seed: int = 0
+    """Seed of collection and training."""
+    threads: int = 1
+    """Torch threads for training."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def _scaled(recipe: Recipe, scale: float) -> Recipe:
+    if scale == 1.0:
+        return recipe
+
+    def s(n: int, floor: int) -> int:
+        return max(floor, round(n * scale))
+
+    return dataclasses.replace(
+        recipe,
+        random_episodes=s(recipe.random_episodes, 2),
+        expert_episodes=s(recipe.expert_episodes, 1),
+        expert_max_steps=s(recipe.expert_max_steps, 20),
+        steps=s(recipe.steps, 20),
+    )
+
+
+def _collect(
+    env: str, out: Path, *, expert: bool, recipe: Recipe, seed: int, progress: bool
+) -> dict[str, Any]:
+    """Collect one dataset into ``out`` unless a complete one is there; return its summary and seconds."""
+    from maskctrl.commands.collect import CollectConfig, oracle_mpc_factory
+    from maskctrl.data.collect import collect_episodes
+    from maskctrl.data.episodes import load_episodes, save_episodes
+
+    if (out / "metadata.json").exists():
+        return {"summary": load_episodes(out).summary(), "seconds": None, "cached": True}
+    start = time.perf_counter()
+    if expert:
+        policy: Any = oracle_mpc_factory(CollectConfig(env=env, policy="oracle-mpc", seed=seed, out=out))
+        data = collect_episodes(
+            env,
+            policy,
+            n_episodes=recipe.expert_episodes,
+            seed=seed + 10_000,
+            action_noise=recipe.expert_noise,
+            max_steps=recipe.expert_max_steps,
+            progress=progress,
+            policy_name="oracle-mpc (preset)",
+        )
+    else:
+        data = collect_episodes(
+            env,
+            "random",
+            n_episodes=recipe.random_episodes,
+            seed=seed,
+            max_steps=recipe.random_max_steps,
+            progress=progress,
+        )
+    save_episodes(data, out)
+    return {"summary": data.summary(), "seconds": time.perf_counter() - start, "cached": False}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def build(env: str, cfg: RecipeConfig) -> Path:
+    """Build ``env``'s default backbone as :data:`RECIPES` says; return the exported checkpoint directory."""
+    from maskctrl.data.collect import package_versions
+    from maskctrl.models.checkpoint import load_checkpoint, save_checkpoint
+    from maskctrl.models.objectives import ObjectiveWeights
+    from maskctrl.pretrain import PretrainConfig, pretrain
+
+    if env not in RECIPES:
+        raise KeyError(f"no recipe for env {env!r}; recipes exist for {', '.join(RECIPES)}")
+    recipe = _scaled(RECIPES[env], cfg.scale)
+    work = cfg.work_dir / env
+    data = {
+        "random": _collect(
+            env, work / "random", expert=False, recipe=recipe, seed=cfg.seed, progress=cfg.progress
+        ),
+        "expert": _collect(
+            env, work / "expert", expert=True, recipe=recipe, seed=cfg.seed, progress=cfg.progress
+        ),
+    }
+    weights = ObjectiveWeights(policy=0.5)
+    train = PretrainConfig(
+        data=(work / "random", work / "expert"),
+        out=work / "run",
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=min(200, recipe.steps // 10),
+        window=recipe.window,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        d_model=recipe.d_model,
+        weights=weights,
+        val_every=max(1, recipe.steps // 4),
+        checkpoint_every=0,
+        seed=cfg.seed,
+        device="cpu",
+        num_threads=cfg.threads,
+        overwrite=True,
+        progress=cfg.progress,
+        tensorboard=False,
+    )
+    result = pretrain(train)
+    trained = load_checkpoint(result.checkpoint)
+    metadata = {
+        "recipe": dataclasses.asdict(recipe),
+        "objective_weights": dataclasses.asdict(weights),
+        "data": data,
+        "train_losses": result.train_losses,
+        "val_losses": result.val_losses,
+        "train_seconds": result.wall_time_s,
+        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "built_by": "python -m maskctrl.recipes (make checkpoints)",
+        "git_commit": _git_commit(),
+        "versions": package_versions(),
+        "seed": cfg.seed,
+        "scale": cfg.scale,
+    }
+    dest = save_checkpoint(
+        cfg.out_root / env,
+        trained.model,
+        normalizer=trained.normalizer,
+        env=trained.env,
+        step=trained.step,
+        metadata=metadata,
+    )
+    print(f"{env}: exported {dest} (val losses {result.val_losses})", file=sys.stderr)
+    return dest
+
+
+def default_checkpoint(env: str) -> Path:
+    """The shipped default checkpoint directory of ``env``; a clear error when there is none."""
+    path = CHECKPOINT_ROOT / env
+    if not (path / "config.json").exists():
+        known = (
+            sorted(p.name for p in CHECKPOINT_ROOT.iterdir() if (p / "config.json").exists())
+            if CHECKPOINT_ROOT.exists()
+            else []
+        )
+        raise FileNotFoundError(
+            f"no default checkpoint for env {env!r} (shipped: {', '.join(known) or 'none'}); pass a checkpoint "
+            "directory, or build one with `make checkpoints`"
+        )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the default backbones ``argv`` selects; returns the process exit code."""
+    cfg = tyro.cli(RecipeConfig, args=argv, prog="python -m maskctrl.recipes", description=__doc__)
+    unknown = [env for env in cfg.envs if env not in RECIPES]
+    if unknown:
+        print(f"no recipe for {unknown}; recipes exist for {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    for env in cfg.envs:
+        build(env, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
