@@ -11,6 +11,10 @@ run repeats an uninterrupted one exactly. Rank 0 alone writes the run directory:
     OUT/losses.png    the loss curves (written at the end)
     OUT/tensorboard/  the same scalars, if the tensorboard package is installed
 
+``maskctrl pretrain --model ensemble`` trains the PETS-style MLP ensemble baseline instead, on the same
+data, split and normalizer (:class:`EnsemblePretrainConfig`, run by
+:func:`maskctrl.models.ensemble_training.pretrain_ensemble`), into the same run layout.
+
 The model learns in normalized units, recorded in the checkpoint's ``metadata["targets"]``: observations
 standardized (``normalize_obs``), the forward head predicts standardized deltas ``normalize_delta(o' - o)``,
 rewards standardized (``normalize_reward``), actions scaled from the action box to [-1, 1]
@@ -22,13 +26,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 
+from maskctrl.models.ensemble import EnsembleConfig
 from maskctrl.models.objectives import ObjectiveWeights
 from maskctrl.training import distributed
 from maskctrl.training.run_dir import check_out_dir
+
+if TYPE_CHECKING:  # only a type: ensemble_training imports this module
+    from maskctrl.models.ensemble_training import EnsembleHistory
+
+Model = Literal["transformer", "ensemble"]
+"""What ``maskctrl pretrain --model`` trains: the masked control transformer or the MLP ensemble baseline."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,8 +141,72 @@ class PretrainResult:
     """Training time over all sessions of the run (resumes add up)."""
 
 
-def pretrain(cfg: PretrainConfig) -> PretrainResult:
-    """Train as ``cfg`` says (joining the ``torchrun`` process group if there is one) and save the result."""
+@dataclass(frozen=True, kw_only=True)
+class EnsemblePretrainConfig:
+    """Options of ``maskctrl pretrain --model ensemble``: the data, the run directory and the ensemble."""
+
+    data: tuple[Path, ...]
+    """Dataset directories written by ``maskctrl collect`` (one or several, all for the same env)."""
+    out: Path
+    """Run directory for checkpoint/, log.csv and losses.png; must be empty unless --overwrite."""
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    """Architecture and training of the ensemble (members, hidden width, layers, epochs, lr, ...)."""
+    val_fraction: float = 0.1
+    """Share of each dataset's episodes held out (the transformer's split for the same seed)."""
+    eval_horizon: int = 10
+    """Steps of the open-loop error on the held-out episodes reported at the end (1: one-step only)."""
+    eval_starts: int = 1000
+    """Held-out start points of that evaluation."""
+    seed: int = 0
+    """Seed of the data split, the initial weights, the resamples and the evaluation's start points."""
+    device: str = "auto"
+    """'auto' (a GPU if CUDA is available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    num_threads: int = 0
+    """CPU threads torch may use (0: torch's default)."""
+    overwrite: bool = False
+    """Replace a previous run's outputs in --out."""
+    progress: bool = True
+    """Show a progress bar over epochs."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars when the tensorboard package is installed."""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("--data needs at least one dataset directory")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.eval_horizon < 1 or self.eval_starts < 1 or self.num_threads < 0:
+            raise ValueError("need --eval-horizon >= 1, --eval-starts >= 1 and --num-threads >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsemblePretrainResult:
+    """What ``maskctrl pretrain --model ensemble`` produced."""
+
+    checkpoint: Path
+    """The ensemble's directory (load it with :func:`~maskctrl.models.ensemble.load_ensemble`)."""
+    history: EnsembleHistory
+    """Epoch by epoch record of the training."""
+    val_mse: list[float] | None
+    """Open-loop MSE on held-out episodes at steps 1..H, standardized obs units (None: no held-out episodes)."""
+    zero_change_mse: list[float] | None
+    """The same for predicting no change (``o_{t+k} = o_t``) from the same start points."""
+    wall_time_s: float
+    """Seconds of training (evaluation and saving excluded)."""
+
+
+@overload
+def pretrain(cfg: PretrainConfig) -> PretrainResult: ...
+@overload
+def pretrain(cfg: EnsemblePretrainConfig) -> EnsemblePretrainResult: ...
+def pretrain(cfg: PretrainConfig | EnsemblePretrainConfig) -> PretrainResult | EnsemblePretrainResult:
+    """Train as ``cfg`` says and save the result: the transformer for a :class:`PretrainConfig` (joining
+    the ``torchrun`` process group if there is one), the MLP ensemble for an :class:`EnsemblePretrainConfig`.
+    """
+    if isinstance(cfg, EnsemblePretrainConfig):
+        from maskctrl.models.ensemble_training import pretrain_ensemble  # it imports this module
+
+        return pretrain_ensemble(cfg)
     from maskctrl.training.trainer import Trainer  # here: the trainer module imports this one
 
     if cfg.num_threads > 0:

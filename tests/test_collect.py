@@ -168,6 +168,36 @@ def test_random_policy_is_seeded_and_bounded() -> None:
         RandomPolicy(gymnasium.spaces.Box(-np.inf, np.inf, shape=(2,)), 0)
 
 
+def test_random_policy_acts_on_dict_observations_as_sb3_passes_them() -> None:
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from maskctrl.envs.wrappers import HistoryWrapper
+
+    spec = get_spec("pointmass")
+    vec = DummyVecEnv([lambda: HistoryWrapper(spec.make(max_episode_steps=5), 3) for _ in range(2)])
+    policy = RandomPolicy(vec.action_space, 0)  # type: ignore[arg-type]
+    batch = vec.reset()
+    assert isinstance(batch, dict) and batch["obs"].shape == (2, 3, 4)  # K = 3 history, 2 sub-envs
+    actions, _ = policy.predict(batch)
+    assert actions.shape == (2, 2) and np.all(np.abs(actions) <= 1.0)
+    mean, _ = evaluate_policy(policy, vec, n_eval_episodes=4, warn=False)  # SB3's own loop, dict obs
+    assert np.isfinite(mean)
+    with pytest.raises(ValueError, match=r"leading dims are \{'obs': \(2,\), 'valid': \(3,\)\}"):
+        policy.predict({"obs": np.zeros((2, 3, 4)), "valid": np.zeros((3,))})
+
+    # A single (unbatched) dict observation has leading dim K in every entry: only the space tells.
+    single = {key: value[0] for key, value in batch.items()}
+    exact = RandomPolicy(vec.action_space, 0, observation_space=vec.observation_space)  # type: ignore[arg-type]
+    assert exact.predict(single)[0].shape == (2,)
+    assert exact.predict(batch)[0].shape == (2, 2)
+    env = spec.make()
+    boxed = RandomPolicy(env.action_space, 0, observation_space=env.observation_space)  # type: ignore[arg-type]
+    assert boxed.predict(np.zeros((7, 4)))[0].shape == (7, 2) and boxed.predict(np.zeros(4))[0].shape == (2,)
+    with pytest.raises(ValueError, match="mix of vectorized and non-vectorized"):
+        exact.predict({"obs": batch["obs"], "act": single["act"], "valid": single["valid"]})
+
+
 def test_policy_factory_and_bad_policies() -> None:
     seen: list[int] = []
 

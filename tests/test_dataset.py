@@ -283,11 +283,15 @@ def test_metadata_counts_must_match(saved: tuple[Path, EpisodeData]) -> None:
     _fails(path, "format 2 is newer than this maskctrl reads")
 
 
-def test_missing_truncated_and_pickled_files(saved: tuple[Path, EpisodeData], tmp_path: Path) -> None:
+def test_missing_truncated_garbage_and_pickled_files(saved: tuple[Path, EpisodeData], tmp_path: Path) -> None:
     path, data = saved
     raw = (path / "episodes.npz").read_bytes()
     (path / "episodes.npz").write_bytes(raw[: len(raw) // 2])
     _fails(path, f"episodes.npz in {path}: cannot be read")
+    (path / "episodes.npz").write_bytes(b"garbage, not an archive\n" * 40)
+    _fails(
+        path, f"episodes.npz in {path}: cannot be read: {path / 'episodes.npz'} is not an npz (zip) archive"
+    )
     (path / "episodes.npz").write_bytes(raw)
     objects = np.empty(data.rewards.shape, dtype=object)
     objects[:] = list(data.rewards)

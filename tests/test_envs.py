@@ -127,6 +127,35 @@ def test_pointmass_is_registered_and_passes_check_env() -> None:
     check_env(PointMassEnv())
 
 
+def test_pointmass_renders_rgb_array_and_works_with_sb3_make_vec_env() -> None:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    # make_vec_env asks for render_mode="rgb_array" unless told otherwise (SB3 2.x).
+    vec = make_vec_env(POINTMASS_ID, n_envs=2, seed=0)
+    assert vec.reset().shape == (2, 4)
+    frames = vec.get_images()
+    assert len(frames) == 2 and all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in frames)
+    vec.close()
+
+    check_env(gymnasium.make(POINTMASS_ID, render_mode="rgb_array").unwrapped)  # checks render too
+    env = PointMassEnv(render_mode="rgb_array")
+    env.reset(options={"state": [1.0, 1.0, 0.0, 0.0]})
+    top_right = env.render()
+    env.reset(options={"state": [-1.0, -1.0, 0.0, 0.0]})
+    bottom_left = env.render()
+    assert top_right is not None and bottom_left is not None
+
+    def red(frame: np.ndarray) -> tuple[float, float]:
+        rows, cols = np.nonzero((frame[..., 0] > 200) & (frame[..., 1] < 100))
+        return float(rows.mean()), float(cols.mean())
+
+    (row_tr, col_tr), (row_bl, col_bl) = red(top_right), red(bottom_left)
+    assert row_tr < 32 < row_bl and col_bl < 32 < col_tr  # +y is up, +x is right
+    assert PointMassEnv().render() is None
+    with pytest.raises(ValueError, match="expected render_mode=None or 'rgb_array', got 'human'"):
+        PointMassEnv(render_mode="human")
+
+
 def test_pointmass_seeded_reset_and_dynamics() -> None:
     env = PointMassEnv()
     first, _ = env.reset(seed=3)

@@ -129,6 +129,19 @@ def test_random_token_mask_counts_respects_padding_and_is_seeded() -> None:
         masks.random_token_mask(2, 4, act_ratio=1.5)
 
 
+def test_random_token_mask_keeps_the_first_real_observation_of_a_padded_window() -> None:
+    valid = torch.tensor([[False, False, True, True, True], [True] * 5, [False] * 4 + [True]])
+    assert masks.first_valid_step(valid).int().tolist() == [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
+    gen = torch.Generator().manual_seed(0)
+    hidden = masks.random_token_mask(3, 5, act_ratio=0.0, obs_ratio=1.0, generator=gen, valid_steps=valid)
+    obs_h = hidden[:, 0::2]
+    # every real observation but the first real one is hidden; padding never is
+    assert obs_h.int().tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]]
+    assert not bool(hidden[:, 1::2].any())
+    with pytest.raises(ValueError, match=r"expected bool step flags of shape \[B, T\]"):
+        masks.first_valid_step(valid.int())
+
+
 def test_apply_token_mask_with_an_embedding_fill_and_shape_check() -> None:
     tokens = torch.arange(12.0).view(1, 4, 3)
     hidden = torch.tensor([[False, True, False, True]])

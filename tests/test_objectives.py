@@ -154,6 +154,11 @@ def test_mask_draw_is_the_group_split_and_token_mask_and_independent_of_sharding
     hindsight = draw.group == GROUPS.index("hindsight")
     hidden = draw.hidden(valid, weights)
     assert torch.equal(hidden, tokens & hindsight.unsqueeze(1)) and bool(hidden.any())
+    first = masks.first_valid_step(valid)
+    padded = ~valid[:, 0]
+    assert bool(padded.any()) and not bool((hidden[:, 0::2] & first).any())  # the first real obs stays
+    all_obs = draw.hidden(valid, ObjectiveWeights(obs_mask_ratio=1.0))[:, 0::2]  # [B, T]
+    assert torch.equal(all_obs, (valid & ~first) & hindsight.unsqueeze(1))
     parts = [slice(0, 13), slice(13, 30)]  # a share's masks are the global masks' rows
     assert torch.equal(torch.cat([draw.rows(part).hidden(valid[part], weights) for part in parts]), hidden)
 

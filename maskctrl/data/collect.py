@@ -57,29 +57,69 @@ PolicyFactory = Callable[[Sequence[gymnasium.Env]], Predictor]
 class RandomPolicy:
     """Uniform random actions in a bounded ``Box``, from its own seeded generator.
 
+    Follows SB3's ``predict``: one action per sub-env for a batched observation, one action for a single
+    one. Which it is comes from ``observation_space`` when given (as SB3 decides); without it an array
+    ``[n_envs,O]`` is batched and ``[O]`` single (observations with more dims than the action are taken as
+    batched), and a dict observation (e.g. :class:`~maskctrl.envs.wrappers.HistoryWrapper`'s through a
+    vector env) is batched over the leading dim that all its entries share.
+
     :param action_space: the (single-env) ``Box`` action space; its bounds must be finite.
     :param seed: seed or generator of the actions.
+    :param observation_space: the (single-env) observation space, to tell single observations from batches
+        exactly; needed to act on a single (unbatched) dict observation.
     """
 
-    def __init__(self, action_space: gymnasium.spaces.Box, seed: int | np.random.Generator) -> None:
+    def __init__(
+        self,
+        action_space: gymnasium.spaces.Box,
+        seed: int | np.random.Generator,
+        *,
+        observation_space: gymnasium.spaces.Space[Any] | None = None,
+    ) -> None:
         low, high = np.asarray(action_space.low), np.asarray(action_space.high)
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise ValueError(f"RandomPolicy needs finite action bounds, got low={low}, high={high}")
         self.low, self.high = low, high
         self.dtype = action_space.dtype
+        self.observation_space = observation_space
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def predict(
         self,
-        observation: np.ndarray,
+        observation: np.ndarray | dict[str, np.ndarray],
         state: Any = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
-        """One uniform action per row of ``observation`` [n_envs,O] (or a single action for [O])."""
-        obs = np.asarray(observation)
-        shape = (obs.shape[0], *self.low.shape) if obs.ndim > len(self.low.shape) else self.low.shape
+        """Uniform actions ``[n_envs,A]`` for a batch of observations, or ``[A]`` for a single one."""
+        n_envs = self._batch_size(observation)
+        shape = self.low.shape if n_envs is None else (n_envs, *self.low.shape)
         return self.rng.uniform(self.low, self.high, size=shape).astype(self.dtype), state
+
+    def _batch_size(self, observation: np.ndarray | dict[str, np.ndarray]) -> int | None:
+        """Sub-envs in ``observation``, or None for a single observation."""
+        if self.observation_space is not None:
+            from stable_baselines3.common.utils import is_vectorized_observation
+
+            obs: Any = (
+                {key: np.asarray(value) for key, value in observation.items()}
+                if isinstance(observation, dict)
+                else np.asarray(observation)
+            )
+            if not is_vectorized_observation(obs, self.observation_space):
+                return None
+            return len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        if isinstance(observation, dict):
+            leading = {key: np.shape(value)[:1] for key, value in observation.items()}
+            sizes = set(leading.values())
+            if len(sizes) != 1 or () in sizes:
+                raise ValueError(
+                    "RandomPolicy cannot tell the number of sub-envs of a dict observation whose entries' "
+                    f"leading dims are {leading}; pass observation_space= to RandomPolicy"
+                )
+            return int(sizes.pop()[0])
+        array = np.asarray(observation)
+        return array.shape[0] if array.ndim > self.low.ndim else None
 
 
 def resolve_env(env: str | EnvSpec) -> tuple[str, Callable[..., gymnasium.Env], EnvSpec | None]:

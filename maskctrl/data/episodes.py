@@ -372,6 +372,13 @@ def load_episodes(directory: str | os.PathLike[str]) -> EpisodeData:
 
 
 def _read_npz(file: Path, where: str) -> dict[str, np.ndarray]:
+    # np.load takes any file that is neither a zip nor an .npy for a pickle, so garbage would be
+    # reported as pickled data: tell the two apart first.
+    if not zipfile.is_zipfile(file):
+        raise DatasetError(
+            f"{where}: cannot be read: {file} is not an npz (zip) archive; the file is corrupt or "
+            "truncated (rewrite it with save_episodes or collect the data again)"
+        )
     try:
         with np.load(file, allow_pickle=False) as npz:
             return {name: np.asarray(npz[name]) for name in _ARRAY_KINDS if name in npz.files}

@@ -4,6 +4,8 @@ State and observation ``[4]`` = position (x, y), velocity (vx, vy). Action ``[2]
 on a unit mass, integrated with semi-implicit Euler (``v += dt a``; ``p += dt v``, dt = 0.1). Reward
 ``-||p'|| - 0.01 ||a||^2`` after the step; never terminates; 50 steps per episode (gymnasium's
 ``TimeLimit``). The optimum is known: drive to the origin and stay there (reward → 0).
+With ``render_mode="rgb_array"`` (what Stable-Baselines3's ``make_vec_env`` asks for by default),
+:meth:`PointMassEnv.render` draws the point and the origin into a small image.
 
 Registered as gymnasium id ``maskctrl/PointMass-v0`` when :mod:`maskctrl.envs` is imported.
 """
@@ -20,6 +22,10 @@ POINTMASS_ID = "maskctrl/PointMass-v0"
 """Gymnasium id of :class:`PointMassEnv`."""
 POINTMASS_MAX_EPISODE_STEPS = 50
 """Episode length (truncation)."""
+RENDER_SIZE = 64
+"""Side of a rendered frame in pixels."""
+RENDER_EXTENT = 2.0
+"""A frame shows positions in ``[-extent, extent]^2``; a point outside is drawn at the border."""
 
 
 class PointMassEnv(gymnasium.Env[np.ndarray, np.ndarray]):
@@ -29,10 +35,10 @@ class PointMassEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     :param ctrl_cost: weight of ``||a||^2`` in the reward (the registry's reward fn assumes 0.01).
     :param init_pos_range: reset draws each position coordinate uniformly from ``[-r, r]``.
     :param init_vel_range: reset draws each velocity coordinate uniformly from ``[-r, r]``.
-    :param render_mode: only ``None`` is supported.
+    :param render_mode: ``None`` or ``"rgb_array"`` (:meth:`render` returns a frame).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012 (gymnasium's)
 
     def __init__(
         self,
@@ -43,8 +49,11 @@ class PointMassEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         init_vel_range: float = 0.1,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"PointMassEnv does not render; expected render_mode=None, got {render_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(
+                f"PointMassEnv renders only 'rgb_array'; expected render_mode=None or 'rgb_array', "
+                f"got {render_mode!r}"
+            )
         self.dt = dt
         self.ctrl_cost = ctrl_cost
         self.init_pos_range = init_pos_range
@@ -81,6 +90,27 @@ class PointMassEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         dist = float(np.linalg.norm(pos))
         reward = -dist - self.ctrl_cost * float(np.square(act).sum())
         return self._state.copy(), reward, False, False, {"distance": dist}
+
+    def render(self) -> np.ndarray | None:
+        """A ``[64, 64, 3]`` uint8 frame (``rgb_array`` mode; None without a render mode).
+
+        White background, grey cross-hairs through the origin (the goal), the point as a red square;
+        up is +y.
+        """
+        if self.render_mode is None:
+            return None
+        frame = np.full((RENDER_SIZE, RENDER_SIZE, 3), 255, dtype=np.uint8)
+        centre = RENDER_SIZE // 2
+        frame[centre, :] = frame[:, centre] = 160
+        col, row = self._pixel(self._state[0]), RENDER_SIZE - 1 - self._pixel(self._state[1])
+        frame[max(row - 2, 0) : row + 3, max(col - 2, 0) : col + 3] = (220, 30, 30)
+        return frame
+
+    @staticmethod
+    def _pixel(coordinate: float) -> int:
+        """Pixel index of a position coordinate, clipped to the frame."""
+        scaled = (coordinate + RENDER_EXTENT) / (2 * RENDER_EXTENT) * (RENDER_SIZE - 1)
+        return int(np.clip(round(scaled), 0, RENDER_SIZE - 1))
 
 
 def register_pointmass() -> None:

@@ -3,11 +3,22 @@
 Inputs and targets are normalized exactly as the transformer's forward targets; each member trains on its
 own bootstrap resample, and with a holdout each member keeps its best epoch and the best members become
 elites.
+
+:func:`pretrain_ensemble` is ``maskctrl pretrain --model ensemble``: it trains on the same dataset
+directories, train/validation episode split and normalizer as the transformer's pretraining with the
+same ``seed`` and ``val_fraction``, and writes the same run layout::
+
+    OUT/checkpoint/   model.safetensors, config.json (normalizer, env, data, training) via save_ensemble
+    OUT/log.csv       per epoch: gradient steps, training loss, 1-step MSE on train / held-out transitions
+    OUT/losses.png    the train and validation MSE curves
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +26,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskctrl.models.ensemble import ARCHITECTURE, EnsembleConfig, EnsembleMLP
-from maskctrl.models.evaluation import Episodes, episode_list
+from maskctrl.data.dataset import TrajectoryDataset
+from maskctrl.models.ensemble import (
+    ARCHITECTURE,
+    EnsembleConfig,
+    EnsembleMLP,
+    EnsembleMLPDynamics,
+    save_ensemble,
+)
+from maskctrl.models.evaluation import Episodes, OpenLoopModel, compare_open_loop, episode_list
 from maskctrl.models.normalizer import Normalizer
+from maskctrl.pretrain import EnsemblePretrainConfig, EnsemblePretrainResult
+from maskctrl.training.distributed import resolve_device
+from maskctrl.training.logs import PLOT_FILE, RunLog, plot_losses
+from maskctrl.training.run_dir import CHECKPOINT_DIR, check_out_dir, clear_outputs, config_to_json
+
+EpochCallback = Callable[[int, EnsembleMLP, "EnsembleHistory"], None]
+"""Called after every epoch with the 1-based epoch, the model (current weights, train mode) and the history."""
 
 
 @dataclass
@@ -74,6 +99,21 @@ def transitions(data: Episodes | Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
     return obs, act, rew, next_obs
 
 
+def model_inputs(
+    data: Episodes | Mapping[str, Any], normalizer: Normalizer, *, predict_reward: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized inputs ``x [M,O+A]`` and targets ``y [M,D]`` (Δobs, then the reward) on the CPU."""
+    obs, act, rew, next_obs = transitions(data)
+    if obs.shape[1] != normalizer.obs_dim:
+        raise ValueError(f"data has obs dim {obs.shape[1]}, the normalizer {normalizer.obs_dim}")
+    norm = normalizer.to("cpu")
+    x = torch.cat([norm.normalize_obs(obs), norm.normalize_action(act)], dim=1)  # [M,O+A]
+    targets = [norm.normalize_delta(next_obs - obs)]
+    if predict_reward:
+        targets.append(norm.normalize_reward(rew).unsqueeze(1))
+    return x, torch.cat(targets, dim=1)
+
+
 def train_ensemble(
     data: Episodes | Mapping[str, Any],
     config: EnsembleConfig,
@@ -83,6 +123,7 @@ def train_ensemble(
     device: torch.device | str = "cpu",
     progress: bool = False,
     model: EnsembleMLP | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[EnsembleMLP, EnsembleHistory]:
     """Fit an ensemble to the one-step transitions of ``data`` (see :func:`transitions`).
 
@@ -92,18 +133,12 @@ def train_ensemble(
 
     :param model: continue training this ensemble (e.g. after new data) instead of a fresh one; its
         architecture must match ``config``.
+    :param on_epoch: called after every epoch (see :data:`EpochCallback`), e.g. to log it.
     """
-    obs, act, rew, next_obs = transitions(data)
-    if obs.shape[1] != normalizer.obs_dim:
-        raise ValueError(f"data has obs dim {obs.shape[1]}, the normalizer {normalizer.obs_dim}")
-    if obs.shape[0] < 2:
-        raise ValueError(f"need at least 2 transitions to train an ensemble, got {obs.shape[0]}")
-    norm = normalizer.to("cpu")
-    x = torch.cat([norm.normalize_obs(obs), norm.normalize_action(act)], dim=1)  # [M,O+A]
-    targets = [norm.normalize_delta(next_obs - obs)]
-    if config.predict_reward:
-        targets.append(norm.normalize_reward(rew).unsqueeze(1))
-    y = torch.cat(targets, dim=1)  # [M,D]
+    x, y = model_inputs(data, normalizer, predict_reward=config.predict_reward)
+    obs_dim, act_dim = normalizer.obs_dim, x.shape[1] - normalizer.obs_dim
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 transitions to train an ensemble, got {x.shape[0]}")
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(x.shape[0], generator=gen)
     n_hold = min(round(config.holdout_fraction * x.shape[0]), x.shape[0] - 1)
@@ -112,13 +147,13 @@ def train_ensemble(
     x_train, y_train = x[train].to(device), y[train].to(device)
 
     if model is None:
-        model = EnsembleMLP(obs.shape[1], act.shape[1], config, generator=gen)
+        model = EnsembleMLP(obs_dim, act_dim, config, generator=gen)
     else:
         arch = [f for f in ARCHITECTURE if getattr(model.config, f) != getattr(config, f)]
-        if arch or (model.obs_dim, model.act_dim) != (obs.shape[1], act.shape[1]):
+        if arch or (model.obs_dim, model.act_dim) != (obs_dim, act_dim):
             raise ValueError(
                 f"the model to continue has obs/act dims {model.obs_dim}/{model.act_dim} (data: "
-                f"{obs.shape[1]}/{act.shape[1]}) and differs from config in {arch or 'nothing'}"
+                f"{obs_dim}/{act_dim}) and differs from config in {arch or 'nothing'}"
             )
         model.config = config  # the training settings (e.g. the bound penalty) of this run
     model = model.to(device)
@@ -133,7 +168,8 @@ def train_ensemble(
     best = torch.full((e,), float("inf"))
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # all [E,...]
     stale = 0
-    for _ in tqdm(range(config.epochs), desc="ensemble", unit="epoch", disable=not progress):
+    bar = tqdm(range(config.epochs), desc="ensemble", unit="epoch", disable=not progress or None)
+    for epoch in bar:
         model.train()
         if config.bootstrap:
             idx = torch.randint(m, (e, m), generator=gen)  # [E,M]
@@ -151,6 +187,7 @@ def train_ensemble(
             if history.steps == config.max_steps:
                 break
         history.train_loss.append(float(total) / batches)
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", refresh=False)
         if n_hold:
             mse = holdout_mse(model, x_hold, y_hold).cpu()  # [E]
             history.holdout_mse.append(mse.tolist())
@@ -161,10 +198,10 @@ def train_ensemble(
                 best_state[k][on_device] = v.detach()[on_device]
             best = torch.where(kept, mse, best)
             stale = 0 if bool(significant.any()) else stale + 1
-            if config.patience is not None and stale >= config.patience:
-                history.stopped_early = True
-                break
-        if history.steps == config.max_steps:
+            history.stopped_early = config.patience is not None and stale >= config.patience
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, history)
+        if history.stopped_early or history.steps == config.max_steps:
             break
     if n_hold:
         model.load_state_dict(best_state)
@@ -189,3 +226,118 @@ def holdout_mse(model: EnsembleMLP, x: torch.Tensor, y: torch.Tensor, batch_size
         sq += (mean - y[lo : lo + batch_size]).square().mean(-1).sum(-1)
     model.train(was_training)
     return sq / x.shape[0]
+
+
+class ZeroChangePredictor:
+    """The trivial :class:`~maskctrl.models.evaluation.OpenLoopModel`: the state never changes."""
+
+    history = 1
+
+    def predict_open_loop(self, obs: torch.Tensor, act: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``obs[:, -1]`` repeated for every step: ``[B,H,O]``."""
+        return obs[:, -1:].expand(-1, actions.shape[1], -1)
+
+
+LOG_COLUMNS = ["step", "epoch", "loss", "train/mse", "val/mse", "holdout/mse", "elapsed_s"]
+"""log.csv of an ensemble run: gradient steps, epoch, training loss, then members' mean one-step MSE in
+normalized target units on a fixed sample of training transitions, on the held-out episodes, and on the
+early-stopping holdout (a share of the training transitions)."""
+
+
+def pretrain_ensemble(cfg: EnsemblePretrainConfig) -> EnsemblePretrainResult:
+    """Train an ensemble as ``cfg`` says and save the run into ``cfg.out`` (see the module docstring)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--model ensemble trains in one process; run it without torchrun")
+    check_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    train_set, val_set = _split(cfg)
+    meta, normalizer, with_reward = train_set.metadata, train_set.normalizer(), cfg.ensemble.predict_reward
+    x_train, y_train = model_inputs(train_set, normalizer, predict_reward=with_reward)
+    sample = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:8192]
+    fit_sample = x_train[sample].to(device), y_train[sample].to(device)
+    held_out = None
+    if val_set is not None:
+        x_val, y_val = model_inputs(val_set, normalizer, predict_reward=with_reward)
+        held_out = x_val.to(device), y_val.to(device)
+
+    clear_outputs(cfg.out)
+    log = RunLog(cfg.out, LOG_COLUMNS, tensorboard=cfg.tensorboard)
+    started = time.perf_counter()
+
+    def log_epoch(epoch: int, model: EnsembleMLP, history: EnsembleHistory) -> None:
+        log.write({
+            "step": history.steps, "epoch": epoch, "loss": history.train_loss[-1],
+            "train/mse": float(holdout_mse(model, *fit_sample).mean()),
+            "val/mse": None if held_out is None else float(holdout_mse(model, *held_out).mean()),
+            "holdout/mse": float(np.mean(history.holdout_mse[-1])) if history.holdout_mse else None,
+            "elapsed_s": time.perf_counter() - started,
+        })  # fmt: skip
+
+    try:
+        model, history = train_ensemble(
+            train_set, cfg.ensemble, normalizer, seed=cfg.seed, device=device, progress=cfg.progress,
+            on_epoch=log_epoch,
+        )  # fmt: skip
+    finally:
+        log.close()
+    wall = time.perf_counter() - started
+    val_mse = zero_mse = None
+    if val_set is not None:
+        models: dict[str, OpenLoopModel] = {
+            "ensemble": EnsembleMLPDynamics(model, normalizer),
+            "zero change": ZeroChangePredictor(),
+        }
+        scores = compare_open_loop(
+            models, val_set, normalizer, horizon=cfg.eval_horizon, history=1, n_starts=cfg.eval_starts,
+            seed=cfg.seed,
+        )  # fmt: skip
+        val_mse, zero_mse = scores["ensemble"].mse, scores["zero change"].mse
+    from maskctrl.training.trainer import targets  # here: the trainer imports maskctrl.pretrain
+
+    metadata = {
+        "made_by": "maskctrl pretrain --model ensemble",
+        "data_dirs": [str(path) for path in cfg.data],
+        "dataset": {
+            **{key: meta.get(key) for key in ("env_name", "gym_id", "observation_space", "action_space")},
+            "train_episodes": train_set.n_episodes,
+            "train_transitions": len(train_set),
+            "val_episodes": 0 if val_set is None else val_set.n_episodes,
+        },
+        "config": config_to_json(cfg),
+        "targets": targets(normalizer),
+        "training": {k: v for k, v in dataclasses.asdict(history).items() if k != "holdout_mse"},
+        "validation": None
+        if val_mse is None
+        else {"horizon": cfg.eval_horizon, "mse": val_mse, "zero_change_mse": zero_mse},
+        "device": str(device),
+        "wall_time_s": wall,
+    }
+    checkpoint = save_ensemble(cfg.out / CHECKPOINT_DIR, model, normalizer, metadata=metadata)
+    plot_losses(log.path, cfg.out / PLOT_FILE, f"maskctrl pretrain --model ensemble: {meta.get('env_name')}")
+    return EnsemblePretrainResult(
+        checkpoint=checkpoint, history=history, val_mse=val_mse, zero_change_mse=zero_mse, wall_time_s=wall
+    )
+
+
+def _split(cfg: EnsemblePretrainConfig) -> tuple[TrajectoryDataset, TrajectoryDataset | None]:
+    """The training episodes and the held-out ones (None if there are too few), as the transformer's split."""
+    train_set = TrajectoryDataset(list(cfg.data), window=1, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if train_set.metadata["action_space"].get("type") != "Box":
+        raise ValueError(f"the ensemble needs Box actions, the data has {train_set.metadata['action_space']}")
+    if cfg.val_fraction == 0:
+        return train_set, None
+    try:
+        val_set = TrajectoryDataset(
+            train_set.sources, window=1, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed
+        )
+    except ValueError as err:  # too few episodes to hold any out
+        tqdm.write(f"maskctrl pretrain: no validation ({err})")
+        return train_set, None
+    longest = max(ep.length for ep in episode_list(val_set))
+    if longest < cfg.eval_horizon:
+        raise ValueError(
+            f"--eval-horizon {cfg.eval_horizon} exceeds the longest held-out episode ({longest} steps)"
+        )
+    return train_set, val_set

@@ -88,6 +88,18 @@ def interleave(obs_flags: torch.Tensor, act_flags: torch.Tensor) -> torch.Tensor
     return torch.stack([obs_flags, act_flags], dim=2).flatten(1)  # [B, T, 2] -> [B, 2T]
 
 
+def first_valid_step(valid_steps: torch.Tensor) -> torch.Tensor:
+    """Flag each sample's first real step: ``[B, T]`` bool, one True per row (none for an all-padding row).
+
+    In a left-padded window that is the first step of the episode, not step 0.
+    """
+    if valid_steps.dim() != 2 or valid_steps.dtype != torch.bool:
+        raise ValueError(
+            f"expected bool step flags of shape [B, T], got {valid_steps.dtype} {tuple(valid_steps.shape)}"
+        )
+    return valid_steps & (valid_steps.cumsum(dim=1) == 1)
+
+
 def random_step_mask(
     batch: int,
     steps: int,
@@ -127,8 +139,8 @@ def random_token_mask(
 ) -> torch.Tensor:
     """Random hindsight masking: hide a share of action (and optionally observation) tokens.
 
-    Returns token flags ``[B, 2T]``, ``True`` = hidden. The first observation is never hidden, so every
-    window keeps an anchor state.
+    Returns token flags ``[B, 2T]``, ``True`` = hidden. The first real observation (the first step that
+    ``valid_steps`` marks valid, step 0 without it) is never hidden, so every window keeps an anchor state.
     """
     act = random_step_mask(
         batch, steps, act_ratio, generator=generator, device=device, valid_steps=valid_steps
@@ -136,7 +148,10 @@ def random_token_mask(
     obs = random_step_mask(
         batch, steps, obs_ratio, generator=generator, device=device, valid_steps=valid_steps
     )
-    obs[:, 0] = False
+    if valid_steps is None:
+        obs[:, 0] = False
+    else:
+        obs &= ~first_valid_step(valid_steps)
     return interleave(obs, act)
 
 

@@ -230,7 +230,7 @@ class MaskDraw:
         """Hidden-token flags ``[B, 2T]`` on ``valid``'s device, given the real steps ``valid [B, T]``.
 
         As :func:`maskctrl.models.masks.random_token_mask`: ``round(ratio * T)`` (at least one) real steps
-        per hindsight sample, never padding and never the first observation; other groups hide nothing.
+        per hindsight sample, never padding and never the first real observation; other groups hide nothing.
         """
         device, steps = valid.device, valid.shape[1]
 
@@ -241,7 +241,7 @@ class MaskDraw:
 
         act = lowest(self.act_scores, weights.act_mask_ratio)
         obs = lowest(self.obs_scores, weights.obs_mask_ratio)
-        obs[:, 0] = False
+        obs &= ~masks.first_valid_step(valid)
         hindsight = (self.group.to(device) == GROUPS.index("hindsight")).unsqueeze(1)  # [B, 1]
         return masks.interleave(obs, act) & hindsight
 
