@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "mpc": "Run model predictive control in an environment and report returns.",
     "collect": "Record episodes of a policy into a dataset directory.",
     "pretrain": "Pretrain the masked control transformer on collected episodes (torchrun for DDP).",
+    "bc": "Behaviour cloning: fine-tune the policy head on expert episodes (pretrained or scratch).",
 }
 
 
