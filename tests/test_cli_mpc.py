@@ -1,4 +1,4 @@
-"""``maskctrl mpc`` end to end on pointmass with tiny sizes."""
+"""``maskctrl mpc`` end to end on pointmass with tiny sizes: oracle, transformer and MLP checkpoints."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from test_transformer_dynamics import _save_pointmass_checkpoint, make_normalizer
 
 from maskctrl.cli import main as cli_main
 from maskctrl.commands.mpc import main
+from maskctrl.envs.registry import get_spec
+from maskctrl.models.ensemble import EnsembleConfig, EnsembleMLP, save_ensemble
+from maskctrl.planner.presets import BUDGETS
 
 TINY = ["--env", "pointmass", "--horizon", "8", "--samples", "32", "--iterations", "2", "--no-progress"]
 
@@ -38,14 +43,92 @@ def test_max_steps_caps_episodes(tmp_path: Path) -> None:
     assert record["episodes"][0]["length"] == 7
 
 
+def test_budget_defaults_to_the_env_preset_and_oracle_imagines_the_real_env(tmp_path: Path) -> None:
+    args = ["--env", "pointmass", "--episodes", "1", "--max-steps", "6", "--plot-step", "3", "--no-progress"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "pointmass_oracle_icem_seed0.json").read_text())
+    budget = BUDGETS["pointmass"]
+    assert (record["mpc"]["samples"], record["mpc"]["horizon"], record["mpc"]["iterations"]) == (
+        budget.samples,
+        budget.horizon,
+        budget.iterations,
+    )
+    plot = record["imagined_vs_real"]
+    assert plot["control_step"] == 3 and len(plot["imagined"]) == budget.horizon + 1
+    assert len(plot["real"]) == 3 + 1  # the episode is truncated after 6 steps
+    assert max(plot["rmse_per_step"]) < 1e-5  # the oracle's imagination is the real env
+    assert (tmp_path / "pointmass_oracle_icem_seed0_imagined.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _tiny_ensemble(path: Path) -> None:
+    spec = get_spec("pointmass")
+    box = spec.make().action_space
+    norm = make_normalizer(4, torch.as_tensor(box.low), torch.as_tensor(box.high))
+    config = EnsembleConfig(members=2, hidden=8, layers=1)
+    model = EnsembleMLP(4, 2, config, generator=torch.Generator().manual_seed(0))
+    save_ensemble(path, model, norm, metadata={"env_name": "pointmass"})
+
+
 @pytest.mark.parametrize("dynamics", ["transformer", "mlp"])
-def test_learned_dynamics_are_not_available_yet(
+def test_learned_dynamics_run_from_a_checkpoint(
     dynamics: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([*TINY, "--dynamics", dynamics, "--out-dir", str(tmp_path)]) == 2
+    ckpt = tmp_path / "model"
+    _save_pointmass_checkpoint(ckpt) if dynamics == "transformer" else _tiny_ensemble(ckpt)
+    out_dir = tmp_path / "out"
+    args = [*TINY, "--dynamics", dynamics, "--checkpoint", str(ckpt), "--episodes", "1", "--max-steps", "5"]
+    assert main([*args, "--plot-step", "2", "--reward", "model", "--out-dir", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"pointmass: {dynamics} dynamics, icem (N=32, H=8, iterations=2)" in out
+    record = json.loads((out_dir / f"pointmass_{dynamics}_icem_seed0.json").read_text())
+    assert record["config"]["checkpoint"] == str(ckpt) and record["episodes"][0]["length"] == 5
+    plot = record["imagined_vs_real"]
+    assert plot["control_step"] == 2 and len(plot["imagined"]) == 9 and len(plot["real"]) == 4
+    assert all(len(row) == 4 for row in plot["imagined"] + plot["real"])
+    assert plot["imagined"][0] == pytest.approx(plot["real"][0])  # both start at the real observation
+    assert (out_dir / f"pointmass_{dynamics}_icem_seed0_imagined.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transformer_policy_prior_flag(tmp_path: Path) -> None:
+    _save_pointmass_checkpoint(tmp_path / "model")
+    args = [*TINY, "--dynamics", "transformer", "--checkpoint", str(tmp_path / "model"), "--max-steps", "3"]
+    assert (
+        main([*args, "--episodes", "1", "--policy-prior-fraction", "0.25", "--out-dir", str(tmp_path)]) == 0
+    )
+    record = json.loads((tmp_path / "pointmass_transformer_icem_seed0.json").read_text())
+    assert record["mpc"]["policy_prior_fraction"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dynamics", "transformer"], "--dynamics transformer needs --checkpoint DIR"),
+        (["--dynamics", "mlp"], "--dynamics mlp needs --checkpoint DIR"),
+        (["--dynamics", "transformer", "--checkpoint", "missing"], "no checkpoint at missing"),
+        (["--dynamics", "mlp", "--checkpoint", "ckpt", "--policy-prior-fraction", "0.5"], "policy_samples"),
+        (
+            ["--env", "InvertedPendulum", "--dynamics", "transformer", "--checkpoint", "ckpt"],
+            "not 'InvertedPendulum'",
+        ),
+        (
+            ["--env", "InvertedPendulum", "--dynamics", "mlp", "--checkpoint", "ckpt"],
+            "not 'InvertedPendulum'",
+        ),
+    ],
+)
+def test_learned_dynamics_errors_are_reported(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (_tiny_ensemble if "mlp" in extra else _save_pointmass_checkpoint)(tmp_path / "ckpt")
+    assert main([*TINY, *extra, "--out-dir", "out"]) == 2
     err = capsys.readouterr().err
-    assert f"--dynamics {dynamics}" in err and "not available yet" in err and "--dynamics oracle" in err
-    assert not any(tmp_path.iterdir())
+    assert err.startswith("maskctrl mpc: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_env_lists_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,17 @@
 """``maskctrl mpc``: run model predictive control in an environment and report its returns.
 
-Example::
+Examples::
 
     maskctrl mpc --env Reacher --dynamics oracle --optimizer icem --episodes 3 --out-dir runs/mpc
+    maskctrl mpc --env HalfCheetah --dynamics transformer --checkpoint runs/hc/checkpoint
+    maskctrl mpc --env HalfCheetah --dynamics mlp --checkpoint runs/hc-ensemble
 
-prints one row per episode (return, length, control steps/s) and the mean ± std, and writes a JSON of
-the results and a plot of the per-episode returns into ``--out-dir``.
+prints one row per episode (return, length, control steps/s) and the mean ± std, and writes into
+``--out-dir`` a JSON of the results, a plot of the per-episode returns and a plot of imagined vs real
+trajectories for one control step: the model's rollout of the plan chosen at that step of episode 0, against
+what the real env did executing the same actions open loop from the same state (a fresh env reset with the
+same seed and replayed to that step; the MuJoCo envs are deterministic). The planning budget defaults to
+the env's preset (:func:`maskctrl.planner.presets.preset_config`); flags override it.
 """
 
 from __future__ import annotations
@@ -16,20 +22,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import tyro
 from tqdm import tqdm
 
+if TYPE_CHECKING:
+    from maskctrl.data.collect import Predictor
+    from maskctrl.envs.registry import EnvSpec
+    from maskctrl.planner.dynamics import DynamicsModel
+    from maskctrl.planner.mpc import MPCController
+
 DESCRIPTION = (
-    "Run model predictive control in an environment: prints per-episode returns, lengths and control "
-    "steps/s with their mean ± std, and writes a JSON and a plot of the returns into --out-dir."
+    "Run model predictive control in an environment with the true simulator (oracle), a pretrained "
+    "transformer or an MLP ensemble as the dynamics model: prints per-episode returns, lengths and control "
+    "steps/s with their mean ± std, and writes a JSON, a plot of the returns and a plot of imagined vs real "
+    "trajectories into --out-dir."
 )
-LATER_DYNAMICS = {
-    "transformer": "the learned masked-transformer dynamics (TransformerDynamics)",
-    "mlp": "the PETS-style ensemble MLP baseline (EnsembleMLPDynamics)",
-}
+LEARNED = {"transformer": "maskctrl pretrain", "mlp": "save_ensemble (maskctrl pretrain --model ensemble)"}
+"""Learned dynamics and what writes their --checkpoint directory."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,23 +51,36 @@ class MPCCommandConfig:
     env: str = "Reacher"
     """Registered env name (pointmass, InvertedPendulum, Reacher, HalfCheetah, Hopper, ...)."""
     dynamics: Literal["oracle", "transformer", "mlp"] = "oracle"
-    """Dynamics model: "oracle" (the true simulator); "transformer" and "mlp" are not available yet."""
+    """Dynamics model: "oracle" (the true simulator), "transformer" (TransformerDynamics) or "mlp"
+    (the PETS-style ensemble, MLPDynamics)."""
+    checkpoint: Path | None = None
+    """Checkpoint directory of the learned dynamics (needed for transformer and mlp)."""
     optimizer: Literal["cem", "icem", "mppi"] = "icem"
     """Trajectory optimizer."""
     episodes: int = 3
     """Episodes to run (episode i is reset with seed + i)."""
     max_steps: int | None = None
     """Cap on an episode's length (None: the spec's max_episode_steps)."""
-    horizon: int = 15
-    """Planning horizon H."""
-    samples: int = 128
-    """Candidates N per optimizer iteration."""
-    iterations: int = 3
-    """Optimizer iterations per control step."""
+    horizon: int | None = None
+    """Planning horizon H (None: the env's preset)."""
+    samples: int | None = None
+    """Candidates N per optimizer iteration (None: the env's preset)."""
+    iterations: int | None = None
+    """Optimizer iterations per control step (None: the env's preset)."""
+    history_len: int | None = None
+    """Real steps K of history handed to the dynamics model (None: MPCConfig's default)."""
     elites: int | None = None
     """Elites for CEM / iCEM (None: the optimizer's default, capped at samples // 2)."""
     discount: float = 1.0
     """Per-step discount of the planning return."""
+    reward: Literal["spec", "model"] = "spec"
+    """Learned dynamics: rewards from the env spec's function or the model's reward head."""
+    bf16: bool = False
+    """Transformer: bfloat16 autocast (meant for CUDA)."""
+    policy_prior_fraction: float = 0.0
+    """Transformer: share of the candidates drawn from its policy head (0: off)."""
+    plot_step: int = 10
+    """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
     seed: int = 0
     """Seed of the env resets and the planner."""
     device: str = "cpu"
@@ -89,22 +114,12 @@ class EpisodeResult:
         return self.length / max(self.seconds, 1e-9)
 
 
-class Policy(Protocol):
-    """SB3's ``predict`` contract, as :class:`~maskctrl.planner.mpc.MPCController` implements it."""
-
-    def predict(
-        self,
-        observation: np.ndarray | dict[str, np.ndarray],
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """Actions for ``observation``."""
-        ...
+class CommandError(Exception):
+    """A problem with the options or the files they name; reported without a traceback."""
 
 
 def run_episodes(
-    policy: Policy,
+    policy: Predictor,
     env: Any,
     *,
     episodes: int,
@@ -181,66 +196,201 @@ def plot_returns(path: Path, results: list[EpisodeResult], title: str) -> None:
     plt.close(fig)
 
 
-def _build_controller(cfg: MPCCommandConfig, spec: Any, env: Any) -> Any:
-    from maskctrl.planner.mpc import MPCConfig, MPCController
-    from maskctrl.planner.oracle import OracleDynamics
+def mpc_config(cfg: MPCCommandConfig) -> Any:
+    """The env's preset :class:`~maskctrl.planner.mpc.MPCConfig` with the flags that were given on top."""
+    from maskctrl.planner.presets import preset_config
 
-    mpc = MPCConfig(
-        optimizer=cfg.optimizer,
-        horizon=cfg.horizon,
-        samples=cfg.samples,
-        iterations=cfg.iterations,
-        elites=cfg.elites,
-        discount=cfg.discount,
-        device=cfg.device,
+    given = {
+        "horizon": cfg.horizon,
+        "samples": cfg.samples,
+        "iterations": cfg.iterations,
+        "history_len": cfg.history_len,
+        "elites": cfg.elites,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    return preset_config(
+        cfg.env,
+        cfg.optimizer,
         seed=cfg.seed,
+        device=cfg.device,
+        discount=cfg.discount,
+        policy_prior_fraction=cfg.policy_prior_fraction,
+        **changes,
     )
-    return MPCController(OracleDynamics([env], spec, nthread=cfg.nthread), spec, env.action_space, mpc)
+
+
+def load_dynamics(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> DynamicsModel:
+    """The dynamics model ``cfg`` names, for ``env`` (the oracle reads its state)."""
+    from maskctrl.planner.mlp_dynamics import MLPDynamics
+    from maskctrl.planner.oracle import OracleDynamics
+    from maskctrl.planner.transformer_dynamics import TransformerDynamics
+
+    if cfg.dynamics == "oracle":
+        return OracleDynamics([env], spec, nthread=cfg.nthread)
+    if cfg.checkpoint is None:
+        raise CommandError(
+            f"--dynamics {cfg.dynamics} needs --checkpoint DIR (a directory written by {LEARNED[cfg.dynamics]})"
+        )
+    try:
+        if cfg.dynamics == "transformer":
+            return TransformerDynamics.from_checkpoint(
+                cfg.checkpoint, spec, device=cfg.device, env=env, reward=cfg.reward, bf16=cfg.bf16
+            )
+        return MLPDynamics.from_checkpoint(
+            cfg.checkpoint, spec, device=cfg.device, reward=cfg.reward, seed=cfg.seed
+        )
+    except (ValueError, FileNotFoundError) as err:  # CheckpointError is a ValueError
+        raise CommandError(f"cannot use {cfg.checkpoint} as {cfg.dynamics} dynamics: {err}") from err
+
+
+def build_controller(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> MPCController:
+    """An :class:`~maskctrl.planner.mpc.MPCController` for ``env`` as ``cfg`` describes."""
+    from maskctrl.planner.mpc import MPCController
+
+    try:
+        return MPCController(load_dynamics(cfg, spec, env), spec, env.action_space, mpc_config(cfg))
+    except ValueError as err:  # a bad budget, or e.g. a policy prior for a model without a policy
+        raise CommandError(str(err)) from err
+
+
+class _PlanRecorder:
+    """Passes an optimizer's calls through, keeping the last plan (for the imagined-vs-real plot)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.horizon, self.action_dim = inner, inner.horizon, inner.action_dim
+        self.last: Any = None
+
+    def optimize(self, objective: Any, state: Any = None, **kwargs: Any) -> Any:
+        self.last = self.inner.optimize(objective, state, **kwargs)
+        return self.last
+
+    def initial_state(self) -> Any:
+        return self.inner.initial_state()
+
+
+def imagined_vs_real(cfg: MPCCommandConfig, spec: EnvSpec, max_steps: int) -> dict[str, Any] | None:
+    """The plan chosen at control step ``cfg.plot_step`` of episode 0 (seed ``cfg.seed``): the model's
+    imagined observations ``[H+1][O]`` and the real env's under the same actions, open loop, from the
+    same state (a second env reset with the same seed replays the actions taken before). None when
+    ``plot_step`` is negative; an episode ending earlier moves the plot to its last step."""
+    if cfg.plot_step < 0:
+        return None
+    import torch
+
+    env = spec.make(max_episode_steps=max_steps)
+    controller = build_controller(cfg, spec, env)
+    recorder = _PlanRecorder(controller.optimizer)
+    controller.optimizer = recorder
+    obs, _ = env.reset(seed=cfg.seed)
+    taken: list[np.ndarray] = []
+    for t in range(cfg.plot_step + 1):
+        action, _ = controller.predict(obs, episode_start=np.array([t == 0]))
+        plan = recorder.last.actions  # [H,A]
+        imagined = controller.dynamics.rollout(controller.history(0), plan[None]).next_obs[0]  # [H,O]
+        start = obs
+        if t == cfg.plot_step:
+            break
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+        taken.append(action)
+    env.close()
+    real_env = spec.make(max_episode_steps=max_steps)
+    real_obs, _ = real_env.reset(seed=cfg.seed)
+    for action in taken:
+        real_obs, *_ = real_env.step(action)
+    real = [real_obs]
+    for action in plan.detach().cpu().numpy().astype(real_env.action_space.dtype):
+        real_obs, _, terminated, truncated, _ = real_env.step(action)
+        real.append(real_obs)
+        if terminated or truncated:
+            break
+    real_env.close()
+    first = torch.as_tensor(start, dtype=imagined.dtype, device=imagined.device)[None]
+    model = torch.cat([first, imagined]).detach().cpu().double().numpy()  # [H+1,O]
+    actual = np.asarray(real, dtype=np.float64)  # [<=H+1,O]
+    error = np.sqrt(((model[: len(actual)] - actual) ** 2).mean(axis=1))
+    return {
+        "control_step": len(taken),
+        "real_source": "same actions open loop in a fresh env reset with the same seed and replayed",
+        "imagined": model.tolist(),
+        "real": actual.tolist(),
+        "rmse_per_step": error.tolist(),
+    }
+
+
+def plot_imagined(path: Path, record: dict[str, Any], title: str, dims: int = 4) -> None:
+    """Imagined (dashed) vs real (solid) trajectories of the ``dims`` obs dimensions that move most."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, actual = np.asarray(record["imagined"]), np.asarray(record["real"])
+    order = np.argsort(-actual.std(axis=0))[:dims]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for color, d in enumerate(order):
+        ax.plot(np.arange(len(actual)), actual[:, d], color=f"C{color}", label=f"obs[{d}] real")
+        ax.plot(
+            np.arange(len(model)), model[:, d], color=f"C{color}", linestyle="--", label=f"obs[{d}] imagined"
+        )
+    ax.set_xlabel(f"steps after control step {record['control_step']}")
+    ax.set_ylabel("observation")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def run(cfg: MPCCommandConfig) -> dict[str, Any]:
-    """Run the episodes ``cfg`` describes, print the table, save JSON and plot; return the JSON dict."""
+    """Run the episodes ``cfg`` describes, print the table, save JSON and plots; return the JSON dict."""
     import maskctrl.envs  # noqa: F401  (registers the built-in envs)
     from maskctrl.envs.registry import get_spec
 
     spec = get_spec(cfg.env)
     max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
     env = spec.make(max_episode_steps=max_steps)
-    controller = _build_controller(cfg, spec, env)
+    controller = build_controller(cfg, spec, env)
+    mpc = controller.config
     with tqdm(
         total=cfg.episodes * max_steps, desc=f"mpc {cfg.env}", unit="step", disable=not cfg.progress
     ) as bar:
         results = run_episodes(controller, env, episodes=cfg.episodes, seed=cfg.seed, on_step=bar.update)
     env.close()
+    imagined = imagined_vs_real(cfg, spec, max_steps)
     print(
         f"{cfg.env}: {cfg.dynamics} dynamics, {cfg.optimizer} "
-        f"(N={cfg.samples}, H={cfg.horizon}, iterations={cfg.iterations})"
+        f"(N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations})"
     )
     print(format_table(results))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{cfg.env}_{cfg.dynamics}_{cfg.optimizer}_seed{cfg.seed}"
     record = {
-        "config": {**asdict(cfg), "out_dir": str(cfg.out_dir)},
+        "config": {
+            **asdict(cfg),
+            "out_dir": str(cfg.out_dir),
+            "checkpoint": cfg.checkpoint and str(cfg.checkpoint),
+        },
+        "mpc": {**asdict(mpc), "optimizer_overrides": dict(mpc.optimizer_overrides)},
         "episodes": [{**asdict(r), "steps_per_second": r.steps_per_second} for r in results],
         "summary": summarize(results),
+        "imagined_vs_real": imagined,
     }
     json_path, png_path = cfg.out_dir / f"{stem}.json", cfg.out_dir / f"{stem}.png"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     plot_returns(png_path, results, f"{cfg.env} · {cfg.dynamics} · {cfg.optimizer}")
-    print(f"wrote {json_path} and {png_path}")
+    written = [json_path, png_path]
+    if imagined is not None:
+        written.append(cfg.out_dir / f"{stem}_imagined.png")
+        plot_imagined(written[-1], imagined, f"{cfg.env} · {cfg.dynamics}: imagined vs real")
+    print(f"wrote {', '.join(str(path) for path in written)}")
     return record
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``maskctrl mpc``; returns the process exit code."""
     cfg = tyro.cli(MPCCommandConfig, args=argv, prog="maskctrl mpc", description=DESCRIPTION)
-    if cfg.dynamics in LATER_DYNAMICS:
-        print(
-            f"maskctrl mpc: --dynamics {cfg.dynamics} ({LATER_DYNAMICS[cfg.dynamics]}) is not available yet; "
-            "it comes with a later release. Use --dynamics oracle.",
-            file=sys.stderr,
-        )
-        return 2
     if cfg.episodes < 1:
         print(f"maskctrl mpc: --episodes must be >= 1, got {cfg.episodes}", file=sys.stderr)
         return 2
@@ -248,5 +398,8 @@ def main(argv: list[str]) -> int:
         run(cfg)
     except KeyError as err:  # unknown env name: the registry's message lists the known ones
         print(f"maskctrl mpc: {err.args[0]}", file=sys.stderr)
+        return 2
+    except CommandError as err:
+        print(f"maskctrl mpc: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,8 @@
 """maskctrl.planner: trajectory optimizers, dynamics models and the MPC controller that joins them."""
 
 from maskctrl.planner.dynamics import DynamicsModel, History, Rollout
-from maskctrl.planner.mpc import MPCConfig, MPCController, planning_return
+from maskctrl.planner.mlp_dynamics import MLPDynamics
+from maskctrl.planner.mpc import MPCConfig, MPCController, PolicyPrior, planning_return
 from maskctrl.planner.optimizers import (
     CEM,
     ICEM,
@@ -15,6 +16,7 @@ from maskctrl.planner.optimizers import (
     make_optimizer,
 )
 from maskctrl.planner.oracle import OracleDynamics
+from maskctrl.planner.transformer_dynamics import TransformerDynamics
 
 __all__ = [
     "CEM",
@@ -24,14 +26,17 @@ __all__ = [
     "DynamicsModel",
     "History",
     "ICEMConfig",
+    "MLPDynamics",
     "MPCConfig",
     "MPCController",
     "MPPIConfig",
     "OracleDynamics",
     "PlanResult",
     "PlanState",
+    "PolicyPrior",
     "Rollout",
     "TrajectoryOptimizer",
+    "TransformerDynamics",
     "make_optimizer",
     "planning_return",
 ]

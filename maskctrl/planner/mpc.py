@@ -4,14 +4,16 @@
 by optimizing (CEM / iCEM / MPPI, :mod:`maskctrl.planner.optimizers`) the discounted planning return of
 candidates rolled out by a :class:`~maskctrl.planner.dynamics.DynamicsModel`, then emits the first action.
 It keeps each env's recent history (what it observed and what it emitted) and warm-starts each env from its
-shifted previous plan. ``evaluate_policy``, ``imitation`` rollouts and DAgger accept it as a policy.
+shifted previous plan. With ``policy_prior_fraction > 0`` a share of each iteration's candidates comes from
+the dynamics model's policy (:class:`PolicyPrior`, TD-MPC2 style). ``evaluate_policy``, ``imitation``
+rollouts and DAgger accept it as a policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -48,6 +50,9 @@ class MPCConfig:
     """Where candidates are sampled and scored (``"cuda"`` works when the model lives there)."""
     seed: int = 0
     """Seed of the controller's torch generator (its only source of randomness)."""
+    policy_prior_fraction: float = 0.0
+    """Share of the ``samples`` candidates drawn from the dynamics model's policy (TD-MPC2 style), in
+    [0, 1); the dynamics model must then offer ``policy_samples`` (see :class:`PolicyPrior`)."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.samples < 1 or self.iterations < 1 or self.history_len < 1:
@@ -57,6 +62,26 @@ class MPCConfig:
             )
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"expected discount in (0, 1], got {self.discount}")
+        if not 0.0 <= self.policy_prior_fraction < 1.0:
+            raise ValueError(f"expected policy_prior_fraction in [0, 1), got {self.policy_prior_fraction}")
+
+    @property
+    def policy_prior_samples(self) -> int:
+        """Candidates M of each iteration taken from the policy (0 when the prior is off)."""
+        if self.policy_prior_fraction == 0.0:
+            return 0
+        return min(max(1, round(self.policy_prior_fraction * self.samples)), self.samples - 1)
+
+
+@runtime_checkable
+class PolicyPrior(Protocol):
+    """A dynamics model that can also propose action sequences (e.g. from a policy head)."""
+
+    def policy_samples(
+        self, history: History, n: int, horizon: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n`` action sequences ``[n,H,A]`` from the end of ``history`` (any device; clipped later)."""
+        ...
 
 
 def planning_return(
@@ -107,6 +132,14 @@ class MPCController:
             )
         if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
             raise ValueError("MPCController needs a bounded action space (finite low and high)")
+        self.num_prior = self.config.policy_prior_samples
+        if self.num_prior > 0 and not isinstance(dynamics, PolicyPrior):
+            raise ValueError(
+                f"policy_prior_fraction={self.config.policy_prior_fraction} needs a dynamics model with "
+                f"policy_samples(history, n, horizon, generator); {type(dynamics).__name__} has none"
+            )
+        if self.config.policy_prior_fraction > 0 and self.num_prior == 0:
+            raise ValueError(f"policy_prior_fraction > 0 needs samples >= 2, got {self.config.samples}")
         self.dynamics = dynamics
         self.spec = spec
         self.action_space = action_space
@@ -124,11 +157,12 @@ class MPCController:
 
     def _make_optimizer(self) -> TrajectoryOptimizer:
         cfg = self.config
-        overrides: dict[str, Any] = {"num_samples": cfg.samples, "num_iterations": cfg.iterations}
+        sampled = cfg.samples - self.num_prior  # the policy proposes the rest of the candidates
+        overrides: dict[str, Any] = {"num_samples": sampled, "num_iterations": cfg.iterations}
         if cfg.optimizer in ("cem", "icem"):
             default = (ICEMConfig if cfg.optimizer == "icem" else CEMConfig)().num_elites
             overrides["num_elites"] = (
-                cfg.elites if cfg.elites is not None else max(1, min(default, cfg.samples // 2))
+                cfg.elites if cfg.elites is not None else max(1, min(default, sampled // 2))
             )
         overrides.update(cfg.optimizer_overrides)
         return make_optimizer(
@@ -252,8 +286,17 @@ class MPCController:
         """Optimize env ``i``'s plan; return its first action [A], finite and within bounds."""
         history = self.history(i)
         warm = self._plans[i]
+        prior = None
+        if self.num_prior > 0:
+            assert isinstance(self.dynamics, PolicyPrior)
+            prior = self.dynamics.policy_samples(
+                history, self.num_prior, self.optimizer.horizon, generator=self.generator
+            )
         result = self.optimizer.optimize(
-            lambda actions: self._objective(history, actions), warm, generator=self.generator
+            lambda actions: self._objective(history, actions),
+            warm,
+            prior_samples=prior,
+            generator=self.generator,
         )
         fallback = (warm if warm is not None else self.optimizer.initial_state()).mean[0].to(self.low)
         action = result.actions[0].to(self.low)
