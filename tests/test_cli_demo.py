@@ -1,42 +1,65 @@
-"""`maskctrl demo` end to end at a tiny size: losses recorded, plot written, checkpoint loadable."""
+"""``maskctrl demo`` end to end at a tiny size: table, JSON, plots, video (or a note why not), errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from maskctrl.cli import main
-from maskctrl.models.checkpoint import load_checkpoint
+from maskctrl.envs.registry import get_spec
+from maskctrl.models.checkpoint import EnvInfo, save_checkpoint
+from maskctrl.models.normalizer import Normalizer
+from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
 
 
-def test_demo_trains_reports_and_saves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "demo",
-            "--steps",
-            "40",
-            "--report-every",
-            "20",
-            "--n-windows",
-            "256",
-            "--no-progress",
-            "--out-dir",
-            str(tmp_path),
-        ]
+def _tiny_reacher_checkpoint(path: Path) -> Path:
+    env = get_spec("Reacher").make()
+    torch.manual_seed(0)
+    obs_dim = env.observation_space.shape[0]
+    config = TransformerConfig(obs_dim=obs_dim, act_dim=2, context_len=40, n_layer=1, n_head=2, d_model=16)
+    normalizer = Normalizer.identity(obs_dim, env.action_space.low, env.action_space.high)
+    save_checkpoint(
+        path, MaskedControlTransformer(config), normalizer=normalizer, env=EnvInfo.from_env(env, "Reacher")
     )
+    env.close()
+    return path
+
+
+def test_demo_compares_methods_and_writes_its_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _tiny_reacher_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "demo"
+    argv = ["demo", "--checkpoint", str(ckpt), "--episodes", "1", "--max-steps", "4"]
+    code = main([*argv, "--no-progress", "--out-dir", str(out)])
     assert code == 0
-    out = capsys.readouterr().out
-    assert "| step | forward | reward | inverse | hindsight |" in out
-    assert "| 40 |" in out and "Loss drop" in out
-    assert (tmp_path / "losses.png").stat().st_size > 1000
-    ckpt = load_checkpoint(tmp_path / "checkpoint")
-    assert ckpt.step == 40 and ckpt.env is not None and ckpt.env.name == "synthetic-linear"
-    assert set(ckpt.metadata["final_losses"]) == {"forward", "reward", "inverse", "hindsight"}
+    printed = capsys.readouterr().out
+    for label in ("random policy", "MPC, pretrained transformer", "MPC, true simulator"):
+        assert f"| {label} |" in printed
+    record = json.loads((out / "demo.json").read_text())
+    rows = {r["method"]: r for r in record["rows"]}
+    assert set(rows) == {"random", "transformer", "oracle"}
+    assert rows["random"]["score"] == pytest.approx(0.0) and rows["oracle"]["score"] == pytest.approx(1.0)
+    assert all(len(r["returns"]) == 1 for r in rows.values())
+    assert record["planner"]["horizon"] == 25  # Reacher's preset budget
+    assert (out / "returns.png").stat().st_size > 1000
+    assert (out / "imagined_vs_real.png").stat().st_size > 1000
+    if (out / "demo.gif").exists():  # MuJoCo rendered offscreen
+        assert record["video"].startswith("video of one learned-model MPC episode (5 frames)")
+    else:
+        assert "cannot render offscreen" in record["video"]
 
 
-def test_unknown_command_and_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
-    assert main([]) == 0
-    assert "demo" in capsys.readouterr().out
+def test_demo_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--env", "Reachr", "--out-dir", str(tmp_path)]) == 2
+    assert "did you mean 'Reacher'" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", str(tmp_path / "missing"), "--out-dir", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
+    wrong = _tiny_reacher_checkpoint(tmp_path / "ckpt")
+    code = main(["demo", "--env", "pointmass", "--checkpoint", str(wrong), "--out-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "Reacher" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
