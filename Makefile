@@ -7,10 +7,17 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.maskctrl-installed
+# A second venv with the `imitation` extra: imitation 1.0 pins gymnasium ~=0.29 and stable-baselines3 ~=2.2,
+# while .venv keeps gymnasium 1.x. Its tests run there, with a core smoke test under gymnasium 0.29.
+IMITATION_VENV ?= .venv-imitation
+IBIN := $(IMITATION_VENV)/bin
+IPIP := $(IBIN)/python -m pip -q --disable-pip-version-check
+ISTAMP := $(IMITATION_VENV)/.maskctrl-installed
+IMITATION_SMOKE ?= tests/test_masks.py tests/test_transformer.py tests/test_dynamics.py tests/test_mpc.py
 export MPLBACKEND ?= Agg
 export MUJOCO_GL ?= egl
 
-.PHONY: setup test lint typecheck unit demo bench clean
+.PHONY: setup setup-imitation test lint typecheck unit imitation demo checkpoints bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +27,15 @@ $(STAMP): pyproject.toml
 	touch $@
 
 setup: $(STAMP)
+
+$(ISTAMP): pyproject.toml
+	test -x $(IBIN)/python || $(PYTHON) -m venv $(IMITATION_VENV)
+	$(IPIP) install --upgrade pip
+	$(IPIP) install "$(TORCH_SPEC)"
+	$(IPIP) install -e ".[imitation,dev]"
+	touch $@
+
+setup-imitation: $(ISTAMP)
 
 lint: setup
 	$(BIN)/ruff check maskctrl tests benchmarks examples
@@ -31,14 +47,21 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -q -m "not slow and not gpu" -p no:cacheprovider
 
-test: lint typecheck unit
+imitation: setup-imitation
+	$(IBIN)/pytest -q -m "not slow and not gpu" -p no:cacheprovider tests/imitation $(IMITATION_SMOKE)
+
+test: lint typecheck unit imitation
 
 demo: setup
 	$(BIN)/maskctrl demo
+
+# Rebuild the default pretrained backbones shipped in maskctrl/checkpoints/ (see maskctrl/recipes.py).
+checkpoints: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.recipes
 
 bench: setup
 	$(BIN)/python benchmarks/backbone.py
 	$(BIN)/python benchmarks/mpc_oracle.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(IMITATION_VENV) .mypy_cache .ruff_cache .pytest_cache
