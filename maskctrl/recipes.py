@@ -93,13 +93,15 @@ RECIPES: dict[str, Recipe] = {
         expert_episodes=6,
         expert_max_steps=400,
         expert_noise=0.1,
-        steps=3000,
+        steps=4000,
         window=24,
+        d_model=64,
     ),
 }
 """The default backbones' budgets (see the module docstring for what each stage does). Each window is at
 least the MPC history (8 steps) plus the env's preset horizon minus one, so that a planner's imagined
-rollout stays inside the context the model was trained on."""
+rollout stays inside the context the model was trained on. HalfCheetah's width (64) keeps a planning step
+of N=512 candidates, H=15, 4 iterations near 2 per second on 2 CPU cores (``benchmarks/planner_speed.py``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
