@@ -247,6 +247,38 @@ def test_existing_output_is_never_overwritten(tmp_path: Path) -> None:
     assert load_episodes(save_episodes(first, empty)).n_episodes == 2  # an empty directory is fine
 
 
+def test_an_interrupted_save_is_recovered_not_replaced(tmp_path: Path) -> None:
+    first = collect_episodes("pointmass", "random", n_episodes=2, seed=0, max_steps=4, progress=False)
+    second = collect_episodes("pointmass", "random", n_episodes=3, seed=1, max_steps=4, progress=False)
+    out = save_episodes(first, tmp_path / "d")
+    # A save killed between its two renames: the dataset moved aside, the new one half written.
+    out.rename(tmp_path / ".d.old")
+    (tmp_path / ".d.tmp").mkdir()
+    (tmp_path / ".d.tmp" / "episodes.npz").write_bytes(b"PK\x03\x04 half")
+    with pytest.raises(FileExistsError, match="not empty"):  # the recovered dataset is not overwritten
+        save_episodes(second, out)
+    np.testing.assert_array_equal(load_episodes(out).observations, first.observations)
+    out.rename(tmp_path / ".d.old")
+    np.testing.assert_array_equal(load_episodes(out).observations, first.observations)  # load recovers too
+    assert load_episodes(save_episodes(second, out, overwrite=True)).n_episodes == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # the stale .d.tmp is gone
+
+
+def test_cli_reports_unknown_envs_but_not_other_key_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--episodes", "1", "--out", str(tmp_path / "x"), "--no-progress"]
+    assert collect_main(["--env", "Pointmas", *argv]) == 2
+    assert "maskctrl collect: unknown env 'Pointmas'; known envs:" in capsys.readouterr().err
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("shape")  # a bug, not a user's typo: it must surface, not read as an unknown env
+
+    monkeypatch.setattr("maskctrl.data.collect.collect_episodes", broken)
+    with pytest.raises(KeyError, match="shape"):
+        collect_main(["--env", "pointmass", *argv])
+
+
 def test_cli_writes_a_loadable_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tmp"
     assert collect_main(["--env", "pointmass", "--episodes", "3", "--out", str(out), "--no-progress"]) == 0

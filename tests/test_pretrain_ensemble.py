@@ -56,6 +56,7 @@ def test_collect_pretrain_ensemble_load_round_trip(
     assert loaded.normalizer.act_low is not None and loaded.normalizer.reward_std == expected.reward_std
 
     assert meta["made_by"] == "maskctrl pretrain --model ensemble" and meta["data_dirs"] == [str(data_dir)]
+    assert meta["env_name"] == "pointmass"  # top level, where MLPDynamics.from_checkpoint checks it
     assert meta["dataset"]["env_name"] == "pointmass" and meta["dataset"]["action_space"]["type"] == "Box"
     assert (meta["dataset"]["train_episodes"], meta["dataset"]["val_episodes"]) == (5, 1)
     assert meta["dataset"]["train_transitions"] == 250
@@ -100,6 +101,7 @@ def test_an_existing_run_dir_is_not_overwritten(
     assert run(data_dir, out, "--epochs", "3") == 2
     err = capsys.readouterr().err
     assert f"--out {out} is not empty" in err and "pass --overwrite" in err
+    assert "--resume" not in err  # the ensemble run cannot be resumed, so it is not offered
     assert {name: (out / name).read_bytes() for name in files} == before
 
     (out / "notes.txt").write_text("mine")

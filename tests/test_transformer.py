@@ -187,6 +187,19 @@ def test_timestep_offset_and_context_limit() -> None:
         model(obs, act, t0=3)
 
 
+def test_int_and_tensor_timesteps_embed_alike_with_the_same_gradient() -> None:
+    model = make_model()
+    obs = torch.randn(3, 5)
+    by_int = model.embed_obs(obs, 4)
+    by_tensor = model.embed_obs(obs, torch.tensor(4))
+    assert torch.equal(by_int, by_tensor)
+    (grad_int,) = torch.autograd.grad(by_int.square().sum(), model.timestep.weight)
+    (grad_tensor,) = torch.autograd.grad(by_tensor.square().sum(), model.timestep.weight)
+    assert torch.equal(grad_int, grad_tensor) and grad_int[4].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"timestep 8 is outside the context \[0, 8\)"):
+        model.embed_act(torch.zeros(3, 3), 8)
+
+
 def test_boundary_errors_name_what_was_wrong() -> None:
     model = make_model()
     obs, act = window()
@@ -198,6 +211,10 @@ def test_boundary_errors_name_what_was_wrong() -> None:
         model(obs, act, hidden=torch.zeros(2, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="valid of shape"):
         model(obs, act, valid=torch.ones(2, T))
+    with pytest.raises(
+        ValueError, match=r"actions of dtype torch.float32 \(the model's\), got torch.float64"
+    ):
+        model(obs, act.double())
     with pytest.raises(ValueError, match="divisible by n_head"):
         TransformerConfig(obs_dim=3, act_dim=2, d_model=30, n_head=4)
     with pytest.raises(ValueError, match="mask_fill must be one of"):

@@ -147,6 +147,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def main(argv: list[str]) -> int:
     """Entry point of ``maskctrl collect``; returns the process exit code."""
     cfg = tyro.cli(CollectConfig, args=argv, prog="maskctrl collect", description=DESCRIPTION)
+    from maskctrl.envs.registry import UnknownEnvError  # here: --help does not pay for gymnasium
+
     if cfg.episodes < 1 or cfg.n_envs < 1:
         print(
             f"maskctrl collect: --episodes and --n-envs must be >= 1, got {cfg.episodes}, {cfg.n_envs}",
@@ -155,7 +157,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         run(cfg)
-    except KeyError as err:  # unknown env name: the registry's message lists the known ones
+    except UnknownEnvError as err:  # the registry's message lists the known ones
         print(f"maskctrl collect: {err.args[0]}", file=sys.stderr)
         return 2
     except (FileExistsError, ValueError, RuntimeError) as err:

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -343,6 +343,28 @@ def plot_imagined(path: Path, record: dict[str, Any], title: str, dims: int = 4)
     plt.close(fig)
 
 
+def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
+    """Check what can be checked before any episode runs; return ``cfg`` with its device resolved.
+
+    :raises CommandError: naming the first bad option.
+    """
+    from maskctrl.devices import resolve_device
+
+    if cfg.episodes < 1:
+        raise CommandError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise CommandError(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    existing = next(path for path in (cfg.out_dir, *cfg.out_dir.parents) if path.exists())
+    if not existing.is_dir():  # the results are written after every episode ran: fail now, not then
+        where = "" if existing == cfg.out_dir else f" cannot be created: {existing}"
+        raise CommandError(f"--out-dir {cfg.out_dir}{where} exists and is not a directory")
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as err:
+        raise CommandError(f"--device: {err}") from err
+    return replace(cfg, device=str(device))
+
+
 def run(cfg: MPCCommandConfig) -> dict[str, Any]:
     """Run the episodes ``cfg`` describes, print the table, save JSON and plots; return the JSON dict."""
     import maskctrl.envs  # noqa: F401  (registers the built-in envs)
@@ -391,12 +413,12 @@ def run(cfg: MPCCommandConfig) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Entry point of ``maskctrl mpc``; returns the process exit code."""
     cfg = tyro.cli(MPCCommandConfig, args=argv, prog="maskctrl mpc", description=DESCRIPTION)
-    if cfg.episodes < 1:
-        print(f"maskctrl mpc: --episodes must be >= 1, got {cfg.episodes}", file=sys.stderr)
-        return 2
+    from maskctrl.envs.registry import UnknownEnvError  # here: --help does not pay for gymnasium
+
     try:
+        cfg = check_options(cfg)
         run(cfg)
-    except KeyError as err:  # unknown env name: the registry's message lists the known ones
+    except UnknownEnvError as err:  # the registry's message lists the known ones
         print(f"maskctrl mpc: {err.args[0]}", file=sys.stderr)
         return 2
     except CommandError as err:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from maskctrl.data.episodes import Episode, EpisodeData
-from maskctrl.envs.registry import EnvSpec, get_spec
+from maskctrl.envs.registry import EnvSpec, UnknownEnvError, get_spec
 from maskctrl.envs.spaces import describe_space
 
 AutoresetMode = Literal["disabled", "same_step"]
@@ -132,7 +132,7 @@ def resolve_env(env: str | EnvSpec) -> tuple[str, Callable[..., gymnasium.Env], 
         return env.name, env.make, env
     try:
         spec = get_spec(env)
-    except KeyError:
+    except UnknownEnvError:
         if env not in gymnasium.envs.registry:
             raise
         return env, lambda **kw: gymnasium.make(env, **kw), None
@@ -155,7 +155,8 @@ def collect_episodes(
 ) -> EpisodeData:
     """Run ``policy`` for ``n_episodes`` episodes on ``n_envs`` sub-envs and return them.
 
-    :param env: registry name (``"pointmass"``, ``"Hopper"``, …), spec, or gymnasium id.
+    :param env: registry name (``"pointmass"``, ``"Hopper"``, …), spec, or gymnasium id; its observation
+        and action spaces must be flat ``Box`` es (``ValueError`` otherwise).
     :param policy: a :class:`Predictor`, ``"random"`` (a :class:`RandomPolicy`), or a :data:`PolicyFactory`.
     :param n_episodes: episodes to record (episode ``j`` is reset with seed ``seed + j``).
     :param seed: base seed of the resets, the action noise and the random policy.
@@ -182,9 +183,17 @@ def collect_episodes(
     envs = _make_vector_env([lambda: make(**overrides)] * n_envs, mode)
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
+        flat_box = [isinstance(s, gymnasium.spaces.Box) and len(s.shape) == 1 for s in (obs_space, act_space)]
+        if not all(flat_box):  # episodes hold float arrays [T,O] and [T,A]; see maskctrl.data.episodes
+            obs_text, act_text = (
+                f"Box{s.shape}" if isinstance(s, gymnasium.spaces.Box) else str(s)
+                for s in (obs_space, act_space)
+            )
+            raise ValueError(
+                f"collect_episodes needs flat Box observation and action spaces; env {name!r} has "
+                f"observations {obs_text} and actions {act_text}"
+            )
         obs_desc, act_desc = describe_space(obs_space), describe_space(act_space)
-        if len(obs_desc["shape"]) != 1 or len(act_desc["shape"]) != 1:
-            raise ValueError(f"expected flat Box spaces, got {obs_space} and {act_space}")
         dims = (obs_desc["shape"][0], act_desc["shape"][0])
         if spec is not None and (spec.obs_dim, spec.act_dim) != dims:
             raise ValueError(

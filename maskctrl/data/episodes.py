@@ -25,16 +25,14 @@ over all steps and only then locates the offending episode, and the window index
 the file to append episodes, does not matter for data that is collected once.
 
 Loading never unpickles (``allow_pickle=False``); writing goes to a temporary directory that is then
-renamed into place, and never replaces a non-empty directory unless asked to.
+renamed into place as checkpoints are (:mod:`maskctrl.models.atomic`), and never replaces a non-empty
+directory unless asked to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from maskctrl.models.atomic import recover_directory, write_directory_atomically
 
 FORMAT_VERSION = 1
 """Version of the on-disk format, stored in ``metadata.json``."""
@@ -285,13 +285,16 @@ def validate_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, Any], whe
 def save_episodes(data: EpisodeData, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Validate ``data`` and write it to ``directory`` atomically; return the directory's path.
 
-    The files are written to a temporary sibling directory that is then renamed into place, so a crash
-    leaves either no dataset or a complete one. An existing non-empty ``directory`` raises
-    ``FileExistsError`` unless ``overwrite``; even then only a previous dataset (nothing but
-    ``episodes.npz`` and ``metadata.json``) is replaced, never a directory holding other files.
+    The files are written to a temporary sibling directory that then takes the place of ``directory``
+    (:func:`~maskctrl.models.atomic.write_directory_atomically`, as checkpoints are saved), so a crash
+    leaves the previous dataset or the new one: one killed between moving the previous dataset aside and
+    moving the new one in is undone by the next :func:`load_episodes` or save. An existing non-empty
+    ``directory`` raises ``FileExistsError`` unless ``overwrite``; even then only a previous dataset
+    (nothing but ``episodes.npz`` and ``metadata.json``) is replaced, never a directory holding other files.
     """
     out = Path(directory)
     data.validate(f"episode data for {out}")
+    recover_directory(out)  # a dataset moved aside by an interrupted save is still the previous one
     existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
@@ -305,29 +308,15 @@ def save_episodes(data: EpisodeData, directory: str | os.PathLike[str], *, overw
             f"{out} holds files that are not part of a dataset ({', '.join(foreign[:5])}); refusing to replace "
             "it, choose another directory"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp / EPISODES_FILE, "wb") as f:
             np.savez(f, **data.arrays())  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
         metadata = {"format_version": FORMAT_VERSION, **data.metadata, **data.summary()}
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
-        if existing:
-            # Two renames: a crash between them leaves the old dataset in the .old sibling, not lost.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                out.rmdir()  # an empty directory is replaced by the rename
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    # The checks above decide what may be replaced (an empty directory or a previous dataset).
+    return write_directory_atomically(out, write, marker=None)
 
 
 def load_episodes(directory: str | os.PathLike[str]) -> EpisodeData:
@@ -338,6 +327,7 @@ def load_episodes(directory: str | os.PathLike[str]) -> EpisodeData:
         and, where it applies, the episode and step).
     """
     path = Path(directory)
+    recover_directory(path)
     if not path.is_dir():
         raise FileNotFoundError(f"dataset directory {path} does not exist")
     for name in (METADATA_FILE, EPISODES_FILE):

@@ -117,15 +117,23 @@ class EnvSpec:
 _REGISTRY: dict[str, EnvSpec] = {}
 
 
+class UnknownEnvError(KeyError):
+    """An env name that neither the registry nor gymnasium knows; the message lists the known ones.
+
+    A ``KeyError`` (what a registry lookup raises) of its own type, so that callers can report an unknown
+    env without taking every other ``KeyError`` for one.
+    """
+
+
 def get_spec(name: str) -> EnvSpec:
-    """Return the registered spec called ``name``; unknown names raise ``KeyError`` listing the known ones."""
+    """Return the registered spec called ``name``; an unknown name raises :class:`UnknownEnvError`."""
     try:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         known = ", ".join(list_specs())
-        raise KeyError(f"unknown env {name!r}; known envs: {known}{hint}") from None
+        raise UnknownEnvError(f"unknown env {name!r}; known envs: {known}{hint}") from None
 
 
 def register_spec(spec: EnvSpec, *, overwrite: bool = False) -> None:
@@ -143,14 +151,15 @@ def list_specs() -> list[str]:
 def resolve_id(base: str, versions: Sequence[str] = ("v5", "v4")) -> str:
     """Return ``f"{base}-{v}"`` for the first version ``v`` registered in gymnasium.
 
-    gymnasium >= 1.0 has the v5 MuJoCo envs; 0.29 (which ``imitation`` pins) only v4.
+    gymnasium >= 1.0 has the v5 MuJoCo envs; 0.29 (which ``imitation`` pins) only v4. None of them
+    registered raises :class:`UnknownEnvError`.
     """
     for version in versions:
         gym_id = f"{base}-{version}"
         if gym_id in gymnasium.envs.registry:
             return gym_id
     tried = ", ".join(f"{base}-{v}" for v in versions)
-    raise KeyError(f"none of {tried} is registered in gymnasium {gymnasium.__version__}")
+    raise UnknownEnvError(f"none of {tried} is registered in gymnasium {gymnasium.__version__}")
 
 
 def _version(gym_id: str) -> str:

@@ -96,12 +96,18 @@ class HistoryWrapper(
         return self._observation(), info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the env with ``action`` and append (next obs, clipped ``action``) to the history."""
+        """Step the env with ``action`` and append (next obs, clipped ``action``) to the history.
+
+        :raises ValueError: ``action`` does not have the action space's size, or is not finite (checked
+            before the env steps).
+        """
         flat = np.asarray(action, dtype=np.float64).reshape(-1)
         if flat.shape != self._act_low.shape:
             raise ValueError(
                 f"expected action of shape {self.env.action_space.shape}, got {np.shape(action)}"
             )
+        if not np.isfinite(flat).all():  # the env would step with it and the history would record it
+            raise ValueError(f"expected a finite action, got {flat.tolist()}")
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._push(obs, np.clip(flat, self._act_low, self._act_high).astype(np.float32))
         return self._observation(), reward, terminated, truncated, info

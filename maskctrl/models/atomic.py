@@ -1,4 +1,4 @@
-"""Crash-safe replacement of a directory, shared by checkpoints and ensemble saves.
+"""Crash-safe replacement of a directory, shared by checkpoints, ensemble saves and episode datasets.
 
 The new contents are written to ``.NAME.tmp`` beside the target, the previous directory is moved to
 ``.NAME.old``, the new one takes its place and the old one is removed. A crash at any point leaves the
@@ -26,15 +26,18 @@ def recover_directory(target: Path) -> None:
         os.rename(old, target)
 
 
-def write_directory_atomically(target: Path, write: Callable[[Path], None], *, marker: str) -> Path:
+def write_directory_atomically(target: Path, write: Callable[[Path], None], *, marker: str | None) -> Path:
     """Fill a fresh temporary directory with ``write(tmp)`` and swap it in for ``target``.
 
+    A ``.NAME.tmp`` left by an interrupted save is removed first.
+
     :param marker: a file every directory of this kind holds; an existing ``target`` without it is not
-        ours and is never replaced (``FileExistsError``).
+        ours and is never replaced (``FileExistsError``). None: the caller has checked that ``target``
+        (if it exists) may be replaced.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
-    if target.exists() and not (target / marker).is_file():
+    if marker is not None and target.exists() and not (target / marker).is_file():
         raise FileExistsError(f"{target} exists and has no {marker}; refusing to replace it")
     tmp, old = sibling(target, "tmp"), sibling(target, "old")
     if tmp.exists():

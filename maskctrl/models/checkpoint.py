@@ -149,6 +149,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in ("model", "step", "weights_sha256") if key not in config]
     if missing:
         raise CheckpointError(f"{target / CONFIG} lacks {', '.join(missing)}")
+    step = config["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{target / CONFIG} has step {step!r}; expected an integer >= 0")
     return config
 
 
@@ -167,13 +170,15 @@ def load_checkpoint(
     """
     target = Path(path)
     config = read_config(target)
-    env_info = EnvInfo(**config["env"]) if config.get("env") else None
+    env_info = _env_info(config.get("env"), target / CONFIG)
     try:
         model_config = TransformerConfig(**config["model"])
     except TypeError as err:
         raise CheckpointError(
             f"{target / CONFIG} has a model config this maskctrl does not understand: {err}"
         ) from err
+    except ValueError as err:  # TransformerConfig's own checks
+        raise CheckpointError(f"{target / CONFIG} has an invalid model config: {err}") from err
     if env is not None:
         check_compatible(model_config, env_info, env, env_name=env_name)
     if _sha256(target / WEIGHTS) != config["weights_sha256"]:
@@ -194,7 +199,7 @@ def load_checkpoint(
         model=model,
         normalizer=None if normalizer is None else normalizer.to(device),
         env=env_info,
-        step=int(config["step"]),
+        step=config["step"],
         metadata=dict(config.get("metadata") or {}),
         path=target,
     )
@@ -265,6 +270,23 @@ def check_compatible(
             )
     if problems:
         raise CheckpointError("; ".join(problems))
+
+
+def _env_info(entry: Any, file: Path) -> EnvInfo | None:
+    """The ``env`` entry of ``config.json`` (None when absent), checked field by field."""
+    if not entry:
+        return None
+    expected = "expected an object with name (a string or null), observation_space and action_space (objects)"
+    try:
+        info = EnvInfo(**entry)
+    except TypeError as err:  # not a mapping, or missing / unknown keys
+        raise CheckpointError(f"{file} has a malformed env entry ({err}); {expected}") from err
+    if not (info.name is None or isinstance(info.name, str)) or not all(
+        isinstance(space, dict) and isinstance(space.get("type"), str)
+        for space in (info.observation_space, info.action_space)
+    ):
+        raise CheckpointError(f"{file} has a malformed env entry {entry!r}; {expected}")
+    return info
 
 
 def _sha256(file: Path) -> str:

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskctrl.data.dataset import TrajectoryDataset
+from maskctrl.devices import resolve_device
 from maskctrl.models.ensemble import (
     ARCHITECTURE,
     EnsembleConfig,
@@ -37,7 +38,6 @@ from maskctrl.models.ensemble import (
 from maskctrl.models.evaluation import Episodes, OpenLoopModel, compare_open_loop, episode_list
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.pretrain import EnsemblePretrainConfig, EnsemblePretrainResult
-from maskctrl.training.distributed import resolve_device
 from maskctrl.training.logs import PLOT_FILE, RunLog, plot_losses
 from maskctrl.training.run_dir import CHECKPOINT_DIR, check_out_dir, clear_outputs, config_to_json
 
@@ -248,7 +248,7 @@ def pretrain_ensemble(cfg: EnsemblePretrainConfig) -> EnsemblePretrainResult:
     """Train an ensemble as ``cfg`` says and save the run into ``cfg.out`` (see the module docstring)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--model ensemble trains in one process; run it without torchrun")
-    check_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite)
+    check_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite, resumable=False)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
@@ -298,6 +298,7 @@ def pretrain_ensemble(cfg: EnsemblePretrainConfig) -> EnsemblePretrainResult:
 
     metadata = {
         "made_by": "maskctrl pretrain --model ensemble",
+        "env_name": meta.get("env_name"),  # where MLPDynamics.from_checkpoint looks first
         "data_dirs": [str(path) for path in cfg.data],
         "dataset": {
             **{key: meta.get(key) for key in ("env_name", "gym_id", "observation_space", "action_space")},

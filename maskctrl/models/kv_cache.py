@@ -195,6 +195,7 @@ def _check_rollout(
 ) -> tuple[torch.Tensor, bool]:
     """Bring ``actions`` to ``[B, N, H(, A)]``; also say whether they came without the B dimension."""
     cfg = model.config
+    given = tuple(actions.shape)  # errors report what the caller passed, not the batched view
     per_step = 0 if cfg.discrete_actions else 1  # trailing action dimension
     squeeze = actions.dim() == 2 + per_step
     if squeeze:
@@ -205,7 +206,7 @@ def _check_rollout(
             if cfg.discrete_actions
             else f"[N, H, {cfg.act_dim}] or [B, N, H, {cfg.act_dim}]"
         )
-        raise ValueError(f"expected candidate actions of shape {want}, got {tuple(actions.shape)}")
+        raise ValueError(f"expected candidate actions of shape {want}, got {given}")
     if obs.dim() != 3 or actions.shape[0] != obs.shape[0]:
         raise ValueError(
             f"candidate actions {tuple(actions.shape)} do not match history obs {tuple(obs.shape)} "

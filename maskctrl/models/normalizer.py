@@ -7,6 +7,7 @@ those statistics, converts both ways on any device, and serializes to plain JSON
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -21,7 +22,9 @@ class Normalizer:
     """Per-dimension statistics; every tensor is float32 on the same device.
 
     A dimension whose spread is below 1e-6 (a constant) gets a standard deviation of 1, so it passes
-    through centred but unscaled instead of exploding.
+    through centred but unscaled instead of exploding. Construction refuses non-finite means and
+    standard deviations that are not finite and positive (corrupt statistics would turn every
+    normalized value into inf or NaN).
     """
 
     obs_mean: torch.Tensor
@@ -48,6 +51,18 @@ class Normalizer:
                 raise ValueError(
                     f"normalizer {name} has shape {tuple(getattr(self, name).shape)}, expected {tuple(dim)}"
                 )
+        for name in ("obs_mean", "delta_mean", "obs_std", "delta_std"):
+            value = getattr(self, name)
+            bad = ~torch.isfinite(value) if name.endswith("mean") else ~(torch.isfinite(value) & (value > 0))
+            if bool(bad.any()):
+                kind = "finite" if name.endswith("mean") else "finite and > 0"
+                where = torch.nonzero(bad).flatten().tolist()
+                raise ValueError(f"normalizer {name} must be {kind}; it is not at dims {where[:8]}")
+        if not (math.isfinite(self.reward_mean) and math.isfinite(self.reward_std) and self.reward_std > 0):
+            raise ValueError(
+                f"normalizer needs a finite reward_mean and a finite reward_std > 0, got "
+                f"{self.reward_mean} and {self.reward_std}"
+            )
         if (self.act_low is None) != (self.act_high is None):
             raise ValueError("normalizer needs both act_low and act_high, or neither")
         if self.act_low is not None and self.act_high is not None:

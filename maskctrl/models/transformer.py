@@ -325,7 +325,7 @@ class MaskedControlTransformer(nn.Module):
         value = self.obs_embed(obs)
         if hidden is not None and self.mask_token is not None:
             value = torch.where(hidden.unsqueeze(-1), self.mask_token[0], value)
-        return value + self.modality[0] + self._time(step, obs.device)
+        return value + self.modality[0] + self._time(step)
 
     def embed_act(
         self, act: torch.Tensor, step: torch.Tensor | int, hidden: torch.Tensor | None = None
@@ -345,13 +345,16 @@ class MaskedControlTransformer(nn.Module):
         value = self.act_embed(act.long() if discrete else act)
         if hidden is not None and self.mask_token is not None:
             value = torch.where(hidden.unsqueeze(-1), self.mask_token[1], value)
-        return value + self.modality[1] + self._time(step, value.device)
+        return value + self.modality[1] + self._time(step)
 
-    def _time(self, step: torch.Tensor | int, device: torch.device) -> torch.Tensor:
+    def _time(self, step: torch.Tensor | int) -> torch.Tensor:
+        """Timestep embedding ``[..., D]`` of window timestep(s) ``step`` (an int gives ``[D]``)."""
         if isinstance(step, int):
             if not 0 <= step < self.config.context_len:
                 raise ValueError(f"timestep {step} is outside the context [0, {self.config.context_len})")
-            step = torch.tensor(step, device=device)
+            # A row of the table, not self.timestep(torch.tensor(step, device=...)): the same values and
+            # gradient without a blocking host-to-device copy per decoded token on CUDA.
+            return self.timestep.weight[step]
         return self.timestep(step)
 
     def tokens(
@@ -392,6 +395,14 @@ class MaskedControlTransformer(nn.Module):
         if tuple(act.shape) != want:
             kind = "discrete action indices" if cfg.discrete_actions else "actions"
             raise ValueError(f"expected {kind} of shape {want}, got {tuple(act.shape)}")
+        # A mismatch would otherwise surface deep inside as torch's "mat1 and mat2 must have the same dtype".
+        dtype = self.obs_embed.weight.dtype
+        for name, value in (("obs", obs), ("actions", None if cfg.discrete_actions else act)):
+            if value is not None and value.dtype != dtype:
+                raise ValueError(
+                    f"expected {name} of dtype {dtype} (the model's), got {value.dtype}; convert with "
+                    f".to({dtype})"
+                )
         if t0 < 0 or t0 + steps > cfg.context_len:
             raise ValueError(
                 f"window of {steps} steps starting at timestep {t0} exceeds context_len={cfg.context_len}"

@@ -165,10 +165,12 @@ class OracleDynamics:
         """Simulate ``actions`` [N,H,A] from the current state of env ``history.env_index``.
 
         Outputs are in ``actions.dtype`` on ``actions.device``; pass float64 actions for bit-exact
-        observations.
+        observations. Actions must be floating point (integer ones would truncate the outputs).
         """
         if actions.ndim != 3 or actions.shape[-1] != self.spec.act_dim:
             raise ValueError(f"expected actions [N,H,{self.spec.act_dim}], got {tuple(actions.shape)}")
+        if not actions.is_floating_point():
+            raise ValueError(f"expected floating-point actions (float32 or float64), got {actions.dtype}")
         if not 0 <= history.env_index < len(self.envs):
             raise ValueError(f"history.env_index {history.env_index} is not in [0, {len(self.envs)})")
         if self.is_mujoco:

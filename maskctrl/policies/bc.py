@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 
 from maskctrl.data.collect import Predictor, collect_episodes
 from maskctrl.data.dataset import TrajectoryDataset
+from maskctrl.devices import resolve_device
 from maskctrl.models.checkpoint import load_checkpoint, read_config
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
 from maskctrl.policies.transformer_policy import TransformerPolicy, bc_loss, freeze, space_from_description
 from maskctrl.training import sampling
-from maskctrl.training.distributed import resolve_device
 from maskctrl.training.logs import LOG_FILE, RunLog, read_log
 from maskctrl.training.run_dir import CHECKPOINT_DIR, check_out_dir, clear_outputs, config_to_json
 from maskctrl.training.trainer import normalized_batch, targets
@@ -232,7 +232,7 @@ def train_bc(cfg: BCConfig) -> BCResult:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    check_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite)
+    check_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite, resumable=False)
     run = _setup(cfg, device)
     model, normalizer, train_set, val_set = run.model, run.normalizer, run.train_set, run.val_set
     meta, env_name = train_set.metadata, str(train_set.metadata["env_name"])

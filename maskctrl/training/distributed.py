@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from maskctrl.devices import resolve_device
+
+__all__ = ["Processes", "resolve_device", "start", "stop"]
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -49,16 +53,6 @@ class Processes:
         if self.distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"``: this process's GPU if CUDA is available, else the CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", local_rank)
-    return resolved
 
 
 def start(device: str) -> Processes:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 LOG_FILE = "log.csv"
 """The CSV log inside the run directory."""
+LOG_TMP_FILE = f".{LOG_FILE}.tmp"
+"""Where the log is rewritten before it replaces :data:`LOG_FILE` (left only by a killed run)."""
 PLOT_FILE = "losses.png"
 """The loss-curve plot inside the run directory."""
 TENSORBOARD_DIR = "tensorboard"
@@ -46,10 +49,15 @@ class RunLog:
         kept: list[dict[str, str]] = []
         if resume_step is not None and self.path.is_file():
             kept = [row for row in read_log(self.path, columns) if int(row["step"]) <= resume_step]
-        with self.path.open("w", newline="") as handle:
+        # Rewritten beside it and swapped in: a run killed meanwhile keeps its whole log.
+        tmp = out_dir / LOG_TMP_FILE
+        with tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
         self._writer: Any = None
         if tensorboard:
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from maskctrl.models.checkpoint import CheckpointError, read_config
-from maskctrl.training.logs import LOG_FILE, PLOT_FILE, TENSORBOARD_DIR
+from maskctrl.training.logs import LOG_FILE, LOG_TMP_FILE, PLOT_FILE, TENSORBOARD_DIR
 
 CHECKPOINT_DIR = "checkpoint"
 """The latest checkpoint inside the run directory (periodic and final saves replace it atomically)."""
@@ -17,6 +17,7 @@ OUTPUTS = (
     f".{CHECKPOINT_DIR}.tmp",
     f".{CHECKPOINT_DIR}.old",
     LOG_FILE,
+    LOG_TMP_FILE,
     PLOT_FILE,
     TENSORBOARD_DIR,
 )
@@ -40,9 +41,10 @@ MAY_CHANGE_ON_RESUME = frozenset(
 """Options a resumed run may set differently; any other difference is refused."""
 
 
-def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool, resumable: bool = True) -> None:
     """Refuse to write into ``out`` unless it is empty, ``overwrite`` is set, or ``resume`` finds a checkpoint.
 
+    :param resumable: whether the command has ``--resume`` (the refusal offers it only then).
     :raises ValueError: both ``resume`` and ``overwrite`` are set.
     :raises FileExistsError: ``out`` is a file, or holds files and neither flag is set.
     :raises CheckpointError: ``resume`` is set but ``out`` holds no readable checkpoint.
@@ -61,9 +63,10 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         entries = sorted(path.name for path in out.iterdir())
         if entries:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            also = ", or --resume to continue it" if resumable else ""
             raise FileExistsError(
                 f"--out {out} is not empty (holds {shown}); pass --overwrite to replace a previous run's "
-                "outputs, or --resume to continue it"
+                f"outputs{also}"
             )
 
 

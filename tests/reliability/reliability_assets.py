@@ -166,6 +166,8 @@ def _checkpoints(root: Path) -> None:
     _edit_model(variant("ckpt-bad-model-value"), d_model=15)
     _edit_model(variant("ckpt-wrong-dims"), obs_dim=5)
     _edit_json(variant("ckpt-bad-env-entry") / ckpt.CONFIG, env={"name": "pointmass"})
+    _edit_json(variant("ckpt-env-entry-not-object") / ckpt.CONFIG, env=["pointmass"])
+    _edit_json(variant("ckpt-fractional-step") / ckpt.CONFIG, step=2.5)
     stats = normalizer.to_dict()
     _edit_json(
         variant("ckpt-bad-normalizer") / ckpt.CONFIG, normalizer={**stats, "obs_mean": ["a", "b", "c", "d"]}

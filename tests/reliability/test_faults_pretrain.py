@@ -122,12 +122,6 @@ def test_pretrain_killed_at_arbitrary_moments_resumes_exactly(
     _assert_finished_like(out, uninterrupted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RunLog rewrites log.csv in place on --resume (truncate, then write the kept rows): a kill "
-    "during the rewrite loses the logged history; the next --resume then refuses the emptied log as "
-    "'belongs to a run with other objectives', or reads a shortened one as valid",
-)
 def test_pretrain_killed_while_resuming_keeps_its_log(
     assets: Path, uninterrupted: Path, tmp_path: Path, record_property: RecordProperty
 ) -> None:
