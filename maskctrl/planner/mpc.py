@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from maskctrl.devices import resolve_device
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.planner.dynamics import DynamicsModel, History
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
@@ -42,6 +43,10 @@ class MPCConfig:
     """Per-step discount of the planning return."""
     history_len: int = 8
     """Real steps K of each env's history handed to the dynamics model."""
+    action_repeat: int = 1
+    """Control steps each planned action is held for: the plan has ``horizon`` decision steps covering
+    ``horizon * action_repeat`` env steps, and the controller replans every ``action_repeat`` steps
+    (holding the planned action in between). Suits envs with a short control step (Hopper: 8 ms)."""
     use_planning_reward: bool = True
     """Score with the spec's shaped ``planning_reward_fn`` when it has one (else the model's reward)."""
     optimizer_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -55,10 +60,10 @@ class MPCConfig:
     [0, 1); the dynamics model must then offer ``policy_samples`` (see :class:`PolicyPrior`)."""
 
     def __post_init__(self) -> None:
-        if self.horizon < 1 or self.samples < 1 or self.iterations < 1 or self.history_len < 1:
+        if min(self.horizon, self.samples, self.iterations, self.history_len, self.action_repeat) < 1:
             raise ValueError(
-                "expected horizon, samples, iterations and history_len >= 1, got "
-                f"{self.horizon}, {self.samples}, {self.iterations}, {self.history_len}"
+                "expected horizon, samples, iterations, history_len and action_repeat >= 1, got "
+                f"{self.horizon}, {self.samples}, {self.iterations}, {self.history_len}, {self.action_repeat}"
             )
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"expected discount in (0, 1], got {self.discount}")
@@ -143,7 +148,7 @@ class MPCController:
         self.dynamics = dynamics
         self.spec = spec
         self.action_space = action_space
-        self.device = torch.device(self.config.device)
+        self.device = resolve_device(self.config.device)
         self.low = torch.as_tensor(action_space.low, dtype=torch.float32, device=self.device)  # [A]
         self.high = torch.as_tensor(action_space.high, dtype=torch.float32, device=self.device)  # [A]
         self.optimizer = optimizer if optimizer is not None else self._make_optimizer()
@@ -154,6 +159,7 @@ class MPCController:
         self._valid = torch.zeros(0, dtype=torch.bool)  # [E,K]
         self._last_act = torch.zeros(0)  # [E,A] emitted at the latest observation
         self._plans: list[PlanState | None] = []
+        self._hold: list[int] = []  # per env: steps the last planned action is still held for
 
     def _make_optimizer(self) -> TrajectoryOptimizer:
         cfg = self.config
@@ -186,6 +192,7 @@ class MPCController:
         self._valid = torch.zeros(n, k, dtype=torch.bool, device=self.device)
         self._last_act = torch.zeros(n, a, device=self.device)
         self._plans = [None] * n
+        self._hold = [0] * n
 
     def history(self, env_index: int) -> History:
         """The history of env ``env_index`` as the dynamics model sees it (see :class:`History`)."""
@@ -225,7 +232,7 @@ class MPCController:
             for i in np.flatnonzero(starts):
                 self._forget(int(i))
         self._push_observation(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
-        actions = torch.stack([self._plan(i) for i in range(n)])  # [E,A]
+        actions = torch.stack([self._act_or_plan(i) for i in range(n)])  # [E,A]
         self._last_act = actions
         out = actions.cpu().numpy().astype(self.action_space.dtype)
         return (out[0] if single else out), state
@@ -256,6 +263,10 @@ class MPCController:
             raise ValueError(f"expected observation of shape (n_envs, {o}) or ({o},), got {obs.shape}")
         if not np.issubdtype(obs.dtype, np.number):
             raise ValueError(f"expected a numeric observation, got dtype {obs.dtype}")
+        if np.issubdtype(obs.dtype, np.complexfloating):
+            raise ValueError(
+                f"expected a real observation, got dtype {obs.dtype} (would drop the imaginary part)"
+            )
         bad = ~np.isfinite(obs).all(axis=1)
         if bad.any():
             raise ValueError(f"observation contains NaN or inf (env index {np.flatnonzero(bad).tolist()})")
@@ -267,6 +278,7 @@ class MPCController:
         self._valid[i] = False
         self._last_act[i] = 0.0
         self._plans[i] = None
+        self._hold[i] = 0
 
     def _push_observation(self, obs: torch.Tensor) -> None:
         """Shift every history one step left and append ``obs`` [E,O]; the new action slot is zero."""
@@ -282,6 +294,14 @@ class MPCController:
 
     # ------------------------------------------------------------------ planning
 
+    def _act_or_plan(self, i: int) -> torch.Tensor:
+        """Env ``i``'s next action: the held one while ``action_repeat`` lasts, else a freshly planned one."""
+        if self._hold[i] > 0:
+            self._hold[i] -= 1
+            return self._last_act[i]
+        self._hold[i] = self.config.action_repeat - 1
+        return self._plan(i)
+
     def _plan(self, i: int) -> torch.Tensor:
         """Optimize env ``i``'s plan; return its first action [A], finite and within bounds."""
         history = self.history(i)
@@ -289,9 +309,10 @@ class MPCController:
         prior = None
         if self.num_prior > 0:
             assert isinstance(self.dynamics, PolicyPrior)
+            r = self.config.action_repeat
             prior = self.dynamics.policy_samples(
-                history, self.num_prior, self.optimizer.horizon, generator=self.generator
-            )
+                history, self.num_prior, self.optimizer.horizon * r, generator=self.generator
+            )[:, ::r]  # the policy's action at the start of each held block: [M,H,A]
         result = self.optimizer.optimize(
             lambda actions: self._objective(history, actions),
             warm,
@@ -310,7 +331,13 @@ class MPCController:
         return torch.minimum(torch.maximum(action, self.low), self.high)
 
     def _objective(self, history: History, actions: torch.Tensor) -> torch.Tensor:
-        """Planning return [N] of candidate sequences ``actions`` [N,H,A] from ``history``."""
+        """Planning return [N] of candidate sequences ``actions`` [N,H,A] from ``history``.
+
+        With ``action_repeat`` r > 1 each decision step is held for r env steps: the model rolls out
+        ``[N,H*r,A]`` and the return sums over all of those steps.
+        """
+        if self.config.action_repeat > 1:
+            actions = actions.repeat_interleave(self.config.action_repeat, dim=1)  # [N,H*r,A]
         out = self.dynamics.rollout(history, actions)
         reward = out.reward
         planning_fn = self.spec.planning_reward_fn
