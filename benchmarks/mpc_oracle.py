@@ -42,8 +42,6 @@ MIN_STEPS_PER_SECOND = 5.0
 """Planning speed each budget is meant to reach on 2 free CPU cores."""
 
 
-BUDGETS_NOTE = """Hopper falls after 110-230 steps at every budget and objective tried (H up to 60, N up to
-256, several shaped rewards), so its budget is simply one that keeps >= 5 steps/s."""
 EPISODES = {"InvertedPendulum": 2, "Reacher": 5, "HalfCheetah": 1, "Hopper": 3}
 """Default episodes per (env, method): many of the short ones, one of HalfCheetah's 1000 planned steps."""
 
@@ -145,6 +143,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
         "samples": budget.samples if planned else None,
         "horizon": budget.horizon if planned else None,
         "iterations": budget.iterations if planned else None,
+        "action_repeat": budget.action_repeat if planned else None,
         "overrides": OPTIMIZER_OVERRIDES.get(env_name, {}).get(method, {}) if planned else {},
         "return_mean": ret_mean,
         "return_std": ret_std,
@@ -160,7 +159,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
 
 def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -> str:
     """The markdown report: how it was measured, then one table row per (env, method)."""
-    headers = ["env", "method", "N", "H", "iters", "return", "length", "steps/s", "target", "met"]
+    headers = ["env", "method", "N", "H", "iters", "repeat", "return", "length", "steps/s", "target", "met"]
     cells = [
         [
             r["env"],
@@ -168,6 +167,7 @@ def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -
             r["samples"] or "-",
             r["horizon"] or "-",
             r["iterations"] or "-",
+            r.get("action_repeat") or "-",
             fmt_mean_std(r["returns"]),
             fmt_mean_std(r["lengths"], digits=0),
             fmt_mean_std(r["steps_per_second"]),
