@@ -123,6 +123,13 @@ class RecipeConfig:
     """Torch threads for training."""
     progress: bool = True
     """Show progress bars."""
+    score_episodes: int = 3
+    """After export, MPC episodes per method (random, transformer, oracle) whose returns are recorded in
+    the checkpoint's metadata as its score (0: do not score)."""
+    score_max_steps: int | None = 200
+    """Cap on a scoring episode's length (None: the env's own limit)."""
+    score_only: bool = False
+    """Only (re)score the existing checkpoints of --envs, keeping their weights."""
 
 
 def _scaled(recipe: Recipe, scale: float) -> Recipe:
@@ -260,7 +267,48 @@ def build(env: str, cfg: RecipeConfig) -> Path:
         metadata=metadata,
     )
     print(f"{env}: exported {dest} (val losses {result.val_losses})", file=sys.stderr)
+    if cfg.score_episodes > 0:
+        score(env, dest, cfg)
     return dest
+
+
+def score(env: str, checkpoint: Path, cfg: RecipeConfig) -> dict[str, Any]:
+    """Run ``maskctrl demo``'s comparison for ``checkpoint`` and record its rows in the metadata.
+
+    The weights are untouched (only ``config.json`` is rewritten, atomically, with the same sha256).
+    """
+    from maskctrl.commands.demo import DemoConfig
+    from maskctrl.commands.demo import run as run_demo
+    from maskctrl.models.checkpoint import load_checkpoint, save_checkpoint
+
+    demo = DemoConfig(
+        env=env,
+        checkpoint=checkpoint,
+        episodes=cfg.score_episodes,
+        max_steps=cfg.score_max_steps,
+        seed=cfg.seed,
+        video=False,
+        out_dir=cfg.work_dir / env / "score",
+        threads=cfg.threads,
+        progress=cfg.progress,
+    )
+    record = run_demo(demo)
+    result = {
+        "how": f"maskctrl demo --env {env} --episodes {cfg.score_episodes} --max-steps {cfg.score_max_steps}",
+        "planner": record["planner"],
+        "rows": [{k: r[k] for k in ("method", "returns", "return_mean", "score")} for r in record["rows"]],
+        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    loaded = load_checkpoint(checkpoint)
+    save_checkpoint(
+        checkpoint,
+        loaded.model,
+        normalizer=loaded.normalizer,
+        env=loaded.env,
+        step=loaded.step,
+        metadata={**loaded.metadata, "score": result},
+    )
+    return result
 
 
 def default_checkpoint(env: str) -> Path:
@@ -287,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no recipe for {unknown}; recipes exist for {', '.join(RECIPES)}", file=sys.stderr)
         return 2
     for env in cfg.envs:
-        build(env, cfg)
+        if cfg.score_only:
+            score(
+                env, default_checkpoint(env) if cfg.out_root == CHECKPOINT_ROOT else cfg.out_root / env, cfg
+            )
+        else:
+            build(env, cfg)
     return 0
 
 

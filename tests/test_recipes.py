@@ -1,0 +1,53 @@
+"""The default-backbone recipe end to end at a tiny scale: data cached, checkpoint exported and scored."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from maskctrl.models.checkpoint import load_checkpoint
+from maskctrl.recipes import RECIPES, RecipeConfig, build, default_checkpoint, main
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tiny_recipe_builds_a_loadable_scored_checkpoint(tmp_path: Path) -> None:
+    cfg = RecipeConfig(
+        envs=("Reacher",),
+        work_dir=tmp_path / "work",
+        out_root=tmp_path / "ckpt",
+        scale=0.01,
+        score_episodes=1,
+        score_max_steps=3,
+        progress=False,
+    )
+    dest = build("Reacher", cfg)
+    ckpt = load_checkpoint(dest, env_name="Reacher")
+    meta = ckpt.metadata
+    assert meta["recipe"]["steps"] == 20 and meta["data"]["random"]["summary"]["n_episodes"] == 2
+    assert meta["built_by"].startswith("python -m maskctrl.recipes")
+    assert ckpt.model.config.context_len == RECIPES["Reacher"].window
+    rows = {r["method"]: r for r in meta["score"]["rows"]}
+    assert set(rows) == {"random", "transformer", "oracle"}
+    assert len(rows["transformer"]["returns"]) == 1
+    assert not (dest / "trainer_state.pt").exists()  # shipped weights carry no optimizer state
+    # Rescoring keeps the weights byte for byte and reuses the cached datasets.
+    weights = _sha(dest / "model.safetensors")
+    datasets = sorted(p.name for p in (tmp_path / "work" / "Reacher").iterdir())
+    assert main(["--envs", "Reacher", "--work-dir", str(tmp_path / "work"), "--out-root", str(tmp_path / "ckpt"),
+                 "--scale", "0.01", "--score-only", "--score-episodes", "1", "--score-max-steps", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert _sha(dest / "model.safetensors") == weights
+    assert sorted(p.name for p in (tmp_path / "work" / "Reacher").iterdir()) == datasets
+    assert load_checkpoint(dest).metadata["score"]["how"].endswith("--max-steps 2")
+
+
+def test_unknown_env_and_missing_default_checkpoint_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--envs", "Nowhere"]) == 2
+    assert "no recipe for ['Nowhere']" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no default checkpoint for env 'Nowhere'"):
+        default_checkpoint("Nowhere")
