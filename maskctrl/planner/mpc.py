@@ -22,6 +22,7 @@ from gymnasium import spaces
 from maskctrl.devices import resolve_device
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.planner.dynamics import DynamicsModel, History
+from maskctrl.planner.history import EnvHistories
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
 
 
@@ -154,10 +155,9 @@ class MPCController:
         self.optimizer = optimizer if optimizer is not None else self._make_optimizer()
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.n_envs = 0
-        self._obs = torch.zeros(0)  # [E,K,O]
-        self._act = torch.zeros(0)  # [E,K,A]
-        self._valid = torch.zeros(0, dtype=torch.bool)  # [E,K]
-        self._last_act = torch.zeros(0)  # [E,A] emitted at the latest observation
+        self.histories = EnvHistories(
+            self.config.history_len, spec.obs_dim, (spec.act_dim,), device=self.device
+        )
         self._plans: list[PlanState | None] = []
         self._hold: list[int] = []  # per env: steps the last planned action is still held for
 
@@ -185,23 +185,14 @@ class MPCController:
     def reset(self, n_envs: int | None = None) -> None:
         """Forget every env's history and plan (and resize to ``n_envs`` envs when given)."""
         n = self.n_envs if n_envs is None else n_envs
-        k, o, a = self.config.history_len, self.spec.obs_dim, self.spec.act_dim
         self.n_envs = n
-        self._obs = torch.zeros(n, k, o, device=self.device)
-        self._act = torch.zeros(n, k, a, device=self.device)
-        self._valid = torch.zeros(n, k, dtype=torch.bool, device=self.device)
-        self._last_act = torch.zeros(n, a, device=self.device)
+        self.histories.reset(n)
         self._plans = [None] * n
         self._hold = [0] * n
 
     def history(self, env_index: int) -> History:
         """The history of env ``env_index`` as the dynamics model sees it (see :class:`History`)."""
-        return History(
-            obs=self._obs[env_index],
-            act=self._act[env_index],
-            valid=self._valid[env_index],
-            env_index=env_index,
-        )
+        return self.histories.history(env_index)
 
     # ------------------------------------------------------------------ SB3 contract
 
@@ -231,9 +222,9 @@ class MPCController:
                 raise ValueError(f"expected episode_start of shape ({n},), got {np.shape(episode_start)}")
             for i in np.flatnonzero(starts):
                 self._forget(int(i))
-        self._push_observation(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        self.histories.push(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         actions = torch.stack([self._act_or_plan(i) for i in range(n)])  # [E,A]
-        self._last_act = actions
+        self.histories.record(actions)
         out = actions.cpu().numpy().astype(self.action_space.dtype)
         return (out[0] if single else out), state
 
@@ -273,24 +264,9 @@ class MPCController:
         return obs, single
 
     def _forget(self, i: int) -> None:
-        self._obs[i] = 0.0
-        self._act[i] = 0.0
-        self._valid[i] = False
-        self._last_act[i] = 0.0
+        self.histories.forget(i)
         self._plans[i] = None
         self._hold[i] = 0
-
-    def _push_observation(self, obs: torch.Tensor) -> None:
-        """Shift every history one step left and append ``obs`` [E,O]; the new action slot is zero."""
-        self._obs = torch.roll(self._obs, -1, dims=1)
-        self._act = torch.roll(self._act, -1, dims=1)
-        self._valid = torch.roll(self._valid, -1, dims=1)
-        if self.config.history_len > 1:
-            # The action emitted at the previous observation (zero for an env that was just reset).
-            self._act[:, -2] = self._last_act
-        self._obs[:, -1] = obs
-        self._act[:, -1] = 0.0
-        self._valid[:, -1] = True
 
     # ------------------------------------------------------------------ planning
 
@@ -298,7 +274,7 @@ class MPCController:
         """Env ``i``'s next action: the held one while ``action_repeat`` lasts, else a freshly planned one."""
         if self._hold[i] > 0:
             self._hold[i] -= 1
-            return self._last_act[i]
+            return self.histories.last_act[i]
         self._hold[i] = self.config.action_repeat - 1
         return self._plan(i)
 
