@@ -17,7 +17,7 @@ IMITATION_SMOKE ?= tests/test_masks.py tests/test_transformer.py tests/test_dyna
 export MPLBACKEND ?= Agg
 export MUJOCO_GL ?= egl
 
-.PHONY: setup setup-imitation test lint typecheck unit imitation demo checkpoints bench clean
+.PHONY: setup setup-imitation test lint typecheck unit imitation demo checkpoints bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,7 @@ unit: setup
 
 imitation: setup-imitation
 	$(IBIN)/pytest -q -m "not slow and not gpu" -p no:cacheprovider tests/imitation $(IMITATION_SMOKE)
+	$(IBIN)/pytest -q -m "not slow and not gpu" -p no:cacheprovider tests/test_readme.py -k venv
 
 test: lint typecheck unit imitation
 
@@ -58,6 +59,13 @@ demo: setup
 # Rebuild the default pretrained backbones shipped in maskctrl/checkpoints/ (see maskctrl/recipes.py).
 checkpoints: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.recipes
+	$(BIN)/python benchmarks/readme_results.py
+
+# API reference rendered from the docstrings by pdoc (installed into .venv on first use, not a dev dependency).
+DOCS_OUT ?= docs/api
+docs: setup
+	$(BIN)/python -c "import pdoc" 2>/dev/null || $(PIP) install "pdoc>=14"
+	$(BIN)/python docs/build.py --out $(DOCS_OUT)
 
 bench: setup
 	$(BIN)/python benchmarks/backbone.py
