@@ -103,6 +103,7 @@ def mpc_oracle(record: Record) -> str:
             "-"
             if planned is None
             else f"{planned['samples']} / {planned['horizon']} / {planned['iterations']}"
+            + (f" (×{planned['action_repeat']} held)" if (planned.get("action_repeat") or 1) > 1 else "")
         )
         speed = fmt_mean_std(by["icem"]["steps_per_second"]) if "icem" in by else "-"
         returns = [
