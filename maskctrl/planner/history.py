@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 from maskctrl.planner.dynamics import History
+
+
+def check_observations(observation: Any, obs_dim: int, *, owner: str) -> tuple[np.ndarray, bool]:
+    """Validate a flat observation batch for a policy that keeps its own history.
+
+    :param observation: ``[n_envs, O]`` or ``[O]`` (a single env).
+    :param owner: who keeps the history, for the error about dict (``HistoryWrapper``) observations.
+    :return: ``(obs [n_envs, O], single)`` where ``single`` says a ``[O]`` observation was given.
+    :raises ValueError: a dict, a wrong shape, a non-numeric or complex dtype, or NaN/inf (env index named).
+    """
+    o = obs_dim
+    if isinstance(observation, dict):
+        raise ValueError(
+            f"expected observation of shape (n_envs, {o}) or ({o},), got a dict with keys "
+            f"{sorted(observation)}; {owner} keeps its own history, so give it the unwrapped env's observations"
+        )
+    obs = np.asarray(observation)
+    if obs.ndim == 1 and obs.shape == (o,):
+        obs, single = obs[None], True
+    elif obs.ndim == 2 and obs.shape[1] == o and obs.shape[0] >= 1:
+        single = False
+    else:
+        raise ValueError(f"expected observation of shape (n_envs, {o}) or ({o},), got {obs.shape}")
+    if not np.issubdtype(obs.dtype, np.number):
+        raise ValueError(f"expected a numeric observation, got dtype {obs.dtype}")
+    if np.issubdtype(obs.dtype, np.complexfloating):
+        raise ValueError(
+            f"expected a real observation, got dtype {obs.dtype} (would drop the imaginary part)"
+        )
+    bad = ~np.isfinite(obs).all(axis=1)
+    if bad.any():
+        raise ValueError(f"observation contains NaN or inf (env index {np.flatnonzero(bad).tolist()})")
+    return obs, single
 
 
 class EnvHistories:

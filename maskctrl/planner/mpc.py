@@ -22,7 +22,7 @@ from gymnasium import spaces
 from maskctrl.devices import resolve_device
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.planner.dynamics import DynamicsModel, History
-from maskctrl.planner.history import EnvHistories
+from maskctrl.planner.history import EnvHistories, check_observations
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
 
 
@@ -238,30 +238,7 @@ class MPCController:
         return self.predict(observation, state, episode_start)
 
     def _check_observation(self, observation: Any) -> tuple[np.ndarray, bool]:
-        o = self.spec.obs_dim
-        if isinstance(observation, dict):
-            raise ValueError(
-                f"expected observation of shape (n_envs, {o}) or ({o},), got a dict with keys "
-                f"{sorted(observation)}; the controller keeps its own history, so give it the unwrapped "
-                "env's observations"
-            )
-        obs = np.asarray(observation)
-        if obs.ndim == 1 and obs.shape == (o,):
-            obs, single = obs[None], True
-        elif obs.ndim == 2 and obs.shape[1] == o and obs.shape[0] >= 1:
-            single = False
-        else:
-            raise ValueError(f"expected observation of shape (n_envs, {o}) or ({o},), got {obs.shape}")
-        if not np.issubdtype(obs.dtype, np.number):
-            raise ValueError(f"expected a numeric observation, got dtype {obs.dtype}")
-        if np.issubdtype(obs.dtype, np.complexfloating):
-            raise ValueError(
-                f"expected a real observation, got dtype {obs.dtype} (would drop the imaginary part)"
-            )
-        bad = ~np.isfinite(obs).all(axis=1)
-        if bad.any():
-            raise ValueError(f"observation contains NaN or inf (env index {np.flatnonzero(bad).tolist()})")
-        return obs, single
+        return check_observations(observation, self.spec.obs_dim, owner="the controller")
 
     def _forget(self, i: int) -> None:
         self.histories.forget(i)

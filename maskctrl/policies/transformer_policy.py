@@ -38,7 +38,7 @@ from maskctrl.models.checkpoint import (
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.objectives import WindowBatch
 from maskctrl.models.transformer import MaskedControlTransformer
-from maskctrl.planner.history import EnvHistories
+from maskctrl.planner.history import EnvHistories, check_observations
 
 POLICY_METADATA = "policy"
 """Key of the checkpoint metadata entry holding the policy's own settings (``history_len``)."""
@@ -195,26 +195,7 @@ class TransformerPolicy:
         return torch.minimum(torch.maximum(action, self.low), self.high)
 
     def _check_observation(self, observation: Any) -> tuple[np.ndarray, bool]:
-        o = self.model.config.obs_dim
-        if isinstance(observation, dict):
-            raise ValueError(
-                f"expected observation of shape (n_envs, {o}) or ({o},), got a dict with keys "
-                f"{sorted(observation)}; TransformerPolicy keeps its own history, so give it the "
-                "unwrapped env's observations (HistoryWrapper observations are for the SB3 extractor)"
-            )
-        obs = np.asarray(observation)
-        if obs.ndim == 1 and obs.shape == (o,):
-            obs, single = obs[None], True
-        elif obs.ndim == 2 and obs.shape[1] == o and obs.shape[0] >= 1:
-            single = False
-        else:
-            raise ValueError(f"expected observation of shape (n_envs, {o}) or ({o},), got {obs.shape}")
-        if not np.issubdtype(obs.dtype, np.number):
-            raise ValueError(f"expected a numeric observation, got dtype {obs.dtype}")
-        bad = ~np.isfinite(obs).all(axis=1)
-        if bad.any():
-            raise ValueError(f"observation contains NaN or inf (env index {np.flatnonzero(bad).tolist()})")
-        return obs, single
+        return check_observations(observation, self.model.config.obs_dim, owner="TransformerPolicy")
 
     # ------------------------------------------------------------------ checkpoints
 
