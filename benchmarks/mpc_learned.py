@@ -9,7 +9,7 @@ the oracle (the true simulator), :class:`~maskctrl.planner.transformer_dynamics.
 
 Models. The transformer of an env is ``--transformer ENV=DIR``, else the shipped default
 (``maskctrl/checkpoints/<Env>``). The ensemble is ``--mlp ENV=DIR``, else one trained here (and cached in
-``--work-dir``) on the same datasets as the default transformer (``runs/recipes/<Env>/{random,expert}``,
+``--work-dir``) on the same datasets as the default transformer (``maskctrl.recipes.data_dirs`` under ``runs/recipes``,
 written by ``make checkpoints``). Whatever is missing is made by a quick tiny recipe with a loud warning:
 rows from such models say nothing about the shipped ones.
 
@@ -36,7 +36,7 @@ import maskctrl.envs  # noqa: F401  (registers the built-in envs)
 from maskctrl.commands.mpc import MPCCommandConfig, build_controller, run_episodes
 from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
-from maskctrl.recipes import CHECKPOINT_ROOT, RECIPES, RecipeConfig, build
+from maskctrl.recipes import CHECKPOINT_ROOT, RECIPES, RecipeConfig, build, data_dirs, scaled
 
 Method = Literal["random", "oracle", "transformer", "mlp"]
 ENVS = ("InvertedPendulum", "Reacher", "HalfCheetah", "Hopper")
@@ -177,10 +177,16 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
     from maskctrl.models.ensemble import EnsembleConfig, save_ensemble
     from maskctrl.models.ensemble_training import train_ensemble
 
+    recipes = (
+        [(cfg.recipe_dir, RECIPES[env]), (cfg.work_dir / "recipes", scaled(RECIPES[env], cfg.fallback_scale))]
+        if env in RECIPES
+        else []
+    )
     sources = [
-        [root / env / kind for kind in ("random", "expert") if (root / env / kind / "metadata.json").exists()]
-        for root in (cfg.recipe_dir, cfg.work_dir / "recipes")
+        [d for d in data_dirs(env, root, recipe) if (d / "metadata.json").exists()]
+        for root, recipe in recipes
     ]
+    sources += [[], []]  # envs without a recipe (Hopper) have neither
     dirs = sources[0] or sources[1]
     provenance = "trained here on the default transformer's datasets"
     if not sources[0]:

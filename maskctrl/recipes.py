@@ -132,7 +132,8 @@ class RecipeConfig:
     """Only (re)score the existing checkpoints of --envs, keeping their weights."""
 
 
-def _scaled(recipe: Recipe, scale: float) -> Recipe:
+def scaled(recipe: Recipe, scale: float) -> Recipe:
+    """``recipe`` with every episode count and step budget multiplied by ``scale`` (small floors kept)."""
     if scale == 1.0:
         return recipe
 
@@ -198,6 +199,18 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def data_dirs(env: str, work_dir: Path, recipe: Recipe | None = None, *, seed: int = 0) -> tuple[Path, Path]:
+    """The cached random and expert dataset directories of ``env``'s recipe under ``work_dir``.
+
+    They are keyed by what made them, so a changed recipe collects afresh.
+    """
+    r = RECIPES[env] if recipe is None else recipe
+    work = work_dir / env
+    random_dir = work / f"random-{r.random_episodes}x{r.random_max_steps}-seed{seed}"
+    expert_dir = work / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}-seed{seed}"
+    return random_dir, expert_dir
+
+
 def build(env: str, cfg: RecipeConfig) -> Path:
     """Build ``env``'s default backbone as :data:`RECIPES` says; return the exported checkpoint directory."""
     from maskctrl.data.collect import package_versions
@@ -207,13 +220,8 @@ def build(env: str, cfg: RecipeConfig) -> Path:
 
     if env not in RECIPES:
         raise KeyError(f"no recipe for env {env!r}; recipes exist for {', '.join(RECIPES)}")
-    recipe = _scaled(RECIPES[env], cfg.scale)
-    work = cfg.work_dir / env
-    # Cached datasets are keyed by what made them, so a changed recipe collects afresh.
-    random_dir = work / f"random-{recipe.random_episodes}x{recipe.random_max_steps}-seed{cfg.seed}"
-    expert_dir = work / (
-        f"expert-{recipe.expert_episodes}x{recipe.expert_max_steps}-noise{recipe.expert_noise}-seed{cfg.seed}"
-    )
+    recipe = scaled(RECIPES[env], cfg.scale)
+    random_dir, expert_dir = data_dirs(env, cfg.work_dir, recipe, seed=cfg.seed)
     data = {
         "random": _collect(
             env, random_dir, expert=False, recipe=recipe, seed=cfg.seed, progress=cfg.progress
@@ -223,7 +231,7 @@ def build(env: str, cfg: RecipeConfig) -> Path:
     weights = ObjectiveWeights(policy=0.5)
     train = PretrainConfig(
         data=(random_dir, expert_dir),
-        out=work / "run",
+        out=cfg.work_dir / env / "run",
         steps=recipe.steps,
         batch_size=recipe.batch_size,
         lr=recipe.lr,
