@@ -55,10 +55,12 @@ class Allowed:
 
 BENCHMARK = Allowed(
     "minutes to hours on 2 CPU cores; writes the benchmarks/results JSON that the README's results show",
-    "run by hand (results in benchmarks/results/); the --check line and test_results_check_passes fail "
-    "when the README and those files disagree",
+    "run by hand (results in benchmarks/results/); the same script at smoke size (the README's next block) "
+    "runs in the slow test here, and the --check line and test_results_check_passes fail when the README "
+    "and the results disagree",
 )
 MINUTE = Allowed("up to a minute", "the slow test here", slow=True)
+SMOKE = Allowed("a benchmark at smoke size (5-20 s each)", "the slow test here", slow=True)
 ALLOWED: dict[str, Allowed] = {
     "make demo": Allowed(
         "creates .venv, then runs `maskctrl demo` (minutes)",
@@ -80,6 +82,13 @@ ALLOWED: dict[str, Allowed] = {
     "python benchmarks/pretrain.py": BENCHMARK,
     "python benchmarks/bc.py": BENCHMARK,
     "python benchmarks/sb3.py": BENCHMARK,
+    "python benchmarks/mpc_oracle.py --envs Reacher --methods random icem --episodes 1 --max-steps 5 --out-dir runs/bench-smoke": SMOKE,
+    "python benchmarks/backbone.py --quick --out runs/bench-smoke": SMOKE,
+    "python benchmarks/planner_speed.py --quick --out-dir runs/bench-smoke": SMOKE,
+    "python benchmarks/mpc_learned.py --envs Reacher --episodes 1 --max-steps 5 --ensemble-epochs 2 --work-dir runs/bench-smoke/learned --out-dir runs/bench-smoke": SMOKE,
+    "python benchmarks/bc.py --envs Reacher --episodes 1 --inits scratch --steps 10 --val-every 5 --val-episodes 1 --eval-episodes 1 --data-dir runs/bench-smoke/bc-data --work-dir runs/bench-smoke/bc --out-dir runs/bench-smoke": SMOKE,
+    "python benchmarks/sb3.py --envs Reacher --scratch-pretrain --timesteps 128 --seeds 0 --n-steps 64 --pretrain-episodes 2 --pretrain-steps 10 --eval-episodes 1 --work-dir runs/bench-smoke/sb3 --out-dir runs/bench-smoke": SMOKE,
+    "python benchmarks/pretrain.py --quick --envs HalfCheetah --random-episodes 2 --expert-episodes 1 --max-steps 30 --steps 10 --ensemble-epochs 2 --n-starts 5 --work-dir runs/bench-smoke/pretrain --out-dir runs/bench-smoke": SMOKE,
     "python benchmarks/readme_results.py": Allowed(
         "rewrites README.md", "test_results_section_is_generated_from_the_json runs it on a copy"
     ),
