@@ -205,7 +205,7 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
 def run_row(env_name: str, method: Method, cfg: BenchConfig, models: dict[str, Path]) -> dict[str, Any]:
     """Run ``method``'s episodes in ``env_name`` and summarize them as a row."""
     spec = get_spec(env_name)
-    max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
+    max_steps = spec.episode_limit(cfg.max_steps)
     episodes = cfg.episodes if cfg.episodes is not None else EPISODES[env_name]
     env = spec.make(max_episode_steps=max_steps)
     command = MPCCommandConfig(

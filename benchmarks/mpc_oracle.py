@@ -77,7 +77,7 @@ class BenchConfig:
 def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResult]:
     """Run ``cfg.episodes`` episodes of ``method`` in ``env_name``."""
     spec = get_spec(env_name)
-    max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
+    max_steps = spec.episode_limit(cfg.max_steps)
     episodes = cfg.episodes if cfg.episodes is not None else EPISODES[env_name]
     env = spec.make(max_episode_steps=max_steps)
     policy: Any

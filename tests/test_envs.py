@@ -203,3 +203,10 @@ def test_pointmass_optimum_is_reaching_the_origin() -> None:
             final_dist = float(np.linalg.norm(obs[:2]))
     assert final_dist < 0.05
     assert returns["pd"] > returns["zero"] and returns["pd"] > returns["random"]
+
+
+def test_episode_limit_caps_but_never_extends() -> None:
+    spec = get_spec("Reacher")
+    assert spec.episode_limit() == 50
+    assert spec.episode_limit(10) == 10
+    assert spec.episode_limit(200) == 50  # a cap above the env's own limit keeps the env's limit

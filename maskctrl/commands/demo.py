@@ -170,7 +170,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     spec = get_spec(cfg.env)
     checkpoint = cfg.checkpoint if cfg.checkpoint is not None else default_checkpoint(cfg.env)
-    max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
+    max_steps = spec.episode_limit(cfg.max_steps)
     if cfg.out_dir.exists() and not cfg.out_dir.is_dir():
         raise FileExistsError(f"--out-dir {cfg.out_dir} exists and is not a directory")
     budget = preset_config(cfg.env)

@@ -371,7 +371,7 @@ def run(cfg: MPCCommandConfig) -> dict[str, Any]:
     from maskctrl.envs.registry import get_spec
 
     spec = get_spec(cfg.env)
-    max_steps = cfg.max_steps if cfg.max_steps is not None else spec.max_episode_steps
+    max_steps = spec.episode_limit(cfg.max_steps)
     env = spec.make(max_episode_steps=max_steps)
     controller = build_controller(cfg, spec, env)
     mpc = controller.config

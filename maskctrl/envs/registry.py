@@ -103,6 +103,10 @@ class EnvSpec:
         """The per-step reward a planner should maximize: ``planning_reward_fn`` or else ``reward_fn``."""
         return self.planning_reward_fn if self.planning_reward_fn is not None else self.reward_fn
 
+    def episode_limit(self, cap: int | None = None) -> int:
+        """Episode length under an optional ``cap``: ``min(cap, max_episode_steps)`` (a cap never extends)."""
+        return self.max_episode_steps if cap is None else min(cap, self.max_episode_steps)
+
     def make(self, **overrides: Any) -> Any:
         """Create the gymnasium env with ``make_kwargs`` updated by ``overrides``.
 
