@@ -280,7 +280,8 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "(planning every step) — the joints drift to their limits (hip forward, foot at -0.78) until a "
             "fall is certain. rewards.hopper_planning_reward also charges joint angles and torso angular "
             "velocity and caps the paid speed at 0.8 m/s; with 10 blocks of 4 held actions (presets) oracle "
-            "iCEM kept Hopper up for all 1000 steps on seeds 0 and 1 (returns 1269, 1110)."
+            "iCEM returned 1132 +- 100 over seeds 0-2 (950 +- 70 steps; benchmarks/results/mpc_oracle.md), CEM "
+            "1026 (all 1000 steps); higher speed caps fell again."
         ),
     )
 
