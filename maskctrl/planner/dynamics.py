@@ -60,6 +60,13 @@ class Rollout:
     """Bool [N,H]: whether the env would terminate at that step (later steps are meaningless)."""
 
 
+def previous_observations(start: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """The observation before each imagined step ``[N,H,O]``: ``start`` (any shape of O entries) first,
+    then ``next_obs [N,H,O]`` shifted by one step; what a ``reward_fn(obs, act, next_obs)`` reads as obs."""
+    first = start.to(next_obs).reshape(1, 1, -1).expand(next_obs.shape[0], 1, -1)  # [N,1,O]
+    return torch.cat([first, next_obs[:, :-1]], dim=1)
+
+
 @runtime_checkable
 class DynamicsModel(Protocol):
     """Anything that can roll candidate action sequences out from one environment's history."""

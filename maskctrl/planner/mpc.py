@@ -21,7 +21,7 @@ from gymnasium import spaces
 
 from maskctrl.devices import resolve_device
 from maskctrl.envs.registry import EnvSpec
-from maskctrl.planner.dynamics import DynamicsModel, History
+from maskctrl.planner.dynamics import DynamicsModel, History, previous_observations
 from maskctrl.planner.history import EnvHistories, check_observations
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
 
@@ -295,8 +295,7 @@ class MPCController:
         reward = out.reward
         planning_fn = self.spec.planning_reward_fn
         if self.config.use_planning_reward and planning_fn is not None:
-            first = history.current_obs.to(out.next_obs).expand(actions.shape[0], 1, -1)  # [N,1,O]
-            prev_obs = torch.cat([first, out.next_obs[:, :-1]], dim=1)  # [N,H,O]
+            prev_obs = previous_observations(history.current_obs, out.next_obs)  # [N,H,O]
             reward = planning_fn(prev_obs, actions.to(out.next_obs), out.next_obs)
         returns = planning_return(
             reward,

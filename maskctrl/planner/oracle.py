@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from maskctrl.envs.registry import EnvSpec
-from maskctrl.planner.dynamics import History, Rollout
+from maskctrl.planner.dynamics import History, Rollout, previous_observations
 
 _FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS
 ObsFn = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
@@ -178,7 +178,7 @@ class OracleDynamics:
         else:
             next_obs, obs0 = self._pointmass_rollout(self.envs[history.env_index], history, actions)
         act64 = actions.to(torch.float64)
-        prev_obs = torch.cat([obs0.expand(actions.shape[0], 1, -1), next_obs[:, :-1]], dim=1)  # [N,H,O]
+        prev_obs = previous_observations(obs0, next_obs)  # [N,H,O]
         reward = self.spec.reward_fn(prev_obs, act64, next_obs)
         terminated = self.spec.termination_fn(next_obs)
         dtype, device = actions.dtype, actions.device

@@ -32,7 +32,7 @@ from maskctrl.models.checkpoint import CheckpointError, load_checkpoint
 from maskctrl.models.kv_cache import PrefixCache, decode, encode_prefix, imagine_recompute
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.transformer import MaskedControlTransformer
-from maskctrl.planner.dynamics import History, Rollout
+from maskctrl.planner.dynamics import History, Rollout, previous_observations
 
 RewardSource = Literal["spec", "model"]
 """Where rollout rewards come from: the env spec's ``reward_fn`` or the model's reward head."""
@@ -155,8 +155,7 @@ class TransformerDynamics:
         if self.reward == "model":
             reward = self.normalizer.denormalize_reward(reward_n)
         else:
-            first = history.current_obs.to(next_obs).expand(next_obs.shape[0], 1, -1)  # [N,1,O]
-            prev_obs = torch.cat([first, next_obs[:, :-1]], dim=1)  # [N,H,O]
+            prev_obs = previous_observations(history.current_obs, next_obs)  # [N,H,O]
             reward = self.spec.reward_fn(prev_obs, raw_actions, next_obs)
         terminated = self.spec.termination_fn(next_obs)
         return Rollout(
