@@ -177,19 +177,17 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
     from maskctrl.models.ensemble import EnsembleConfig, save_ensemble
     from maskctrl.models.ensemble_training import train_ensemble
 
-    recipes = (
-        [(cfg.recipe_dir, RECIPES[env]), (cfg.work_dir / "recipes", scaled(RECIPES[env], cfg.fallback_scale))]
-        if env in RECIPES
-        else []
-    )
-    sources = [
-        [d for d in data_dirs(env, root, recipe) if (d / "metadata.json").exists()]
-        for root, recipe in recipes
-    ]
-    sources += [[], []]  # envs without a recipe (Hopper) have neither
-    dirs = sources[0] or sources[1]
+    def collected(root: Path, recipe: Any) -> list[Path]:
+        return [d for d in data_dirs(env, root, recipe) if (d / "metadata.json").exists()]
+
+    primary: list[Path] = []
+    fallback: list[Path] = []  # envs without a recipe (Hopper) have neither
+    if env in RECIPES:
+        primary = collected(cfg.recipe_dir, RECIPES[env])
+        fallback = collected(cfg.work_dir / "recipes", scaled(RECIPES[env], cfg.fallback_scale))
+    dirs = primary or fallback
     provenance = "trained here on the default transformer's datasets"
-    if not sources[0]:
+    if not primary:
         _loud(f"no recipe datasets for {env} in {cfg.recipe_dir}: the ensemble trains on fallback data")
         dirs = dirs or [_random_data(env, cfg.work_dir / "data" / env)]
         provenance = "trained here on fallback data"
