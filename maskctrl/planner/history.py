@@ -43,6 +43,17 @@ def check_observations(observation: Any, obs_dim: int, *, owner: str) -> tuple[n
     return obs, single
 
 
+def starting_envs(episode_start: Any, n_envs: int) -> list[int]:
+    """Indices of the envs whose episode starts now, from SB3's ``episode_start`` (bool ``[n_envs]``).
+
+    :raises ValueError: ``episode_start`` does not hold one flag per env.
+    """
+    starts = np.asarray(episode_start, dtype=bool).reshape(-1)
+    if starts.shape != (n_envs,):
+        raise ValueError(f"expected episode_start of shape ({n_envs},), got {np.shape(episode_start)}")
+    return [int(i) for i in np.flatnonzero(starts)]
+
+
 class EnvHistories:
     """The last K observations of each of E envs and the actions emitted at them, newest last.
 

@@ -22,7 +22,7 @@ from gymnasium import spaces
 from maskctrl.devices import resolve_device
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.planner.dynamics import DynamicsModel, History, previous_observations
-from maskctrl.planner.history import EnvHistories, check_observations
+from maskctrl.planner.history import EnvHistories, check_observations, starting_envs
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
 
 
@@ -217,11 +217,8 @@ class MPCController:
         if n != self.n_envs:
             self.reset(n)
         if episode_start is not None:
-            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
-            if starts.shape != (n,):
-                raise ValueError(f"expected episode_start of shape ({n},), got {np.shape(episode_start)}")
-            for i in np.flatnonzero(starts):
-                self._forget(int(i))
+            for i in starting_envs(episode_start, n):
+                self._forget(i)
         self.histories.push(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         actions = torch.stack([self._act_or_plan(i) for i in range(n)])  # [E,A]
         self.histories.record(actions)

@@ -38,7 +38,7 @@ from maskctrl.models.checkpoint import (
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.objectives import WindowBatch
 from maskctrl.models.transformer import MaskedControlTransformer
-from maskctrl.planner.history import EnvHistories, check_observations
+from maskctrl.planner.history import EnvHistories, check_observations, starting_envs
 
 POLICY_METADATA = "policy"
 """Key of the checkpoint metadata entry holding the policy's own settings (``history_len``)."""
@@ -143,11 +143,8 @@ class TransformerPolicy:
         if n != self.n_envs:
             self.reset(n)
         if episode_start is not None:
-            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
-            if starts.shape != (n,):
-                raise ValueError(f"expected episode_start of shape ({n},), got {np.shape(episode_start)}")
-            for i in np.flatnonzero(starts):
-                self.histories.forget(int(i))
+            for i in starting_envs(episode_start, n):
+                self.histories.forget(i)
         h = self.histories
         h.push(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         actions = self.act(h.obs, h.act, h.valid, deterministic=deterministic)  # [E(, A)]
