@@ -40,11 +40,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 import maskctrl
-from maskctrl.data.collect import collect_episodes
-from maskctrl.data.episodes import save_episodes
 from maskctrl.envs import HistoryWrapper, get_spec
 from maskctrl.policies.sb3 import maskctrl_policy_kwargs
-from maskctrl.pretrain import PretrainConfig, pretrain
+from maskctrl.recipes import random_data_backbone
 
 Method = Literal["mlp", "frozen", "tuned"]
 THRESHOLDS = {"InvertedPendulum": 500.0, "Reacher": -8.0, "HalfCheetah": 1000.0, "Hopper": 1000.0}
@@ -117,19 +115,11 @@ def per_env(cfg: BenchConfig, values: tuple[Any, ...], flag: str, env: str, defa
 
 def scratch_checkpoint(cfg: BenchConfig, env: str) -> Path:
     """Pretrain a tiny backbone on random-policy episodes of ``env``; return its checkpoint."""
-    data_dir = cfg.work_dir / env / f"random-{cfg.pretrain_episodes}"
-    if not (data_dir / "episodes.npz").is_file():
-        data = collect_episodes(env, "random", n_episodes=cfg.pretrain_episodes, seed=1000, progress=False)
-        save_episodes(data, data_dir, overwrite=True)
-    window = max(8, cfg.history)
-    run = PretrainConfig(
-        data=(data_dir,), out=cfg.work_dir / env / "pretrain", steps=cfg.pretrain_steps, batch_size=64,
-        window=window, n_layer=2, n_head=2, d_model=32, warmup_steps=min(50, cfg.pretrain_steps // 10),
-        val_every=0, checkpoint_every=0, device="cpu", num_threads=1, overwrite=True, progress=False,
-        tensorboard=False,
-    )  # fmt: skip
     tic = time.perf_counter()
-    result = pretrain(run)
+    result = random_data_backbone(
+        env, cfg.work_dir / env, episodes=cfg.pretrain_episodes, steps=cfg.pretrain_steps,
+        window=max(8, cfg.history), seed=1000,
+    )  # fmt: skip
     log(f"{env}: scratch-pretrained {cfg.pretrain_steps} steps in {time.perf_counter() - tic:.0f} s")
     return result.checkpoint
 

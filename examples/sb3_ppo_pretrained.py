@@ -24,11 +24,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 import maskctrl
-from maskctrl.data.collect import RandomPolicy, collect_episodes
-from maskctrl.data.episodes import save_episodes
+from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs import HistoryWrapper, get_spec
 from maskctrl.policies.sb3 import maskctrl_policy_kwargs
-from maskctrl.pretrain import PretrainConfig, pretrain
+from maskctrl.recipes import random_data_backbone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,14 +52,7 @@ class Args:
 
 def tiny_backbone(args: Args) -> Path:
     """Pretrain a small backbone on random-policy episodes of ``args.env``; return its checkpoint."""
-    data = collect_episodes(args.env, "random", n_episodes=20, seed=args.seed, progress=False)
-    data_dir = save_episodes(data, args.out_dir / "random-episodes", overwrite=True)
-    run = PretrainConfig(
-        data=(data_dir,), out=args.out_dir / "pretrain", steps=150 if args.quick else 1000, batch_size=64,
-        window=8, n_layer=2, n_head=2, d_model=32, warmup_steps=20, val_every=0, checkpoint_every=0,
-        seed=args.seed, device="cpu", num_threads=1, overwrite=True, progress=False, tensorboard=False,
-    )  # fmt: skip
-    result = pretrain(run)
+    result = random_data_backbone(args.env, args.out_dir, steps=150 if args.quick else 1000, seed=args.seed)
     losses = ", ".join(f"{name} {value:.3f}" for name, value in result.train_losses.items())
     print(f"pretrained a tiny backbone: {result.step} steps in {result.wall_time_s:.0f} s; losses {losses}")
     return result.checkpoint

@@ -24,9 +24,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tyro
+
+if TYPE_CHECKING:
+    from maskctrl.pretrain import PretrainResult
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 """Where the shipped default checkpoints live: ``CHECKPOINT_ROOT / <Env>``."""
@@ -333,6 +336,37 @@ def default_checkpoint(env: str) -> Path:
             "directory, or build one with `make checkpoints`"
         )
     return path
+
+
+def random_data_backbone(
+    env: str, out_dir: Path, *, episodes: int = 20, steps: int = 1000, window: int = 8, seed: int = 0
+) -> PretrainResult:
+    """Pretrain a tiny backbone (2 blocks, width 32) on random-policy episodes of ``env``.
+
+    For examples and pipeline checks where no real checkpoint exists: it takes seconds to a minute on a CPU
+    and shows that the pipeline works, not what a real pretrained backbone is worth (see :data:`RECIPES`).
+    The episodes are cached in ``out_dir/random-<episodes>-seed<seed>``; the run goes to
+    ``out_dir/pretrain`` (replaced).
+
+    :param episodes: random-policy episodes to collect (reset seeds ``seed + i``).
+    :param steps: pretraining steps (batch 64).
+    :param window: context length; at least the history the backbone will be given.
+    :return: the run's result; ``.checkpoint`` is the backbone's directory.
+    """
+    from maskctrl.data.collect import collect_episodes
+    from maskctrl.data.episodes import save_episodes
+    from maskctrl.pretrain import PretrainConfig, pretrain
+
+    data_dir = out_dir / f"random-{episodes}-seed{seed}"
+    if not (data_dir / "metadata.json").is_file():
+        data = collect_episodes(env, "random", n_episodes=episodes, seed=seed, progress=False)
+        save_episodes(data, data_dir, overwrite=True)
+    run = PretrainConfig(
+        data=(data_dir,), out=out_dir / "pretrain", steps=steps, batch_size=64, window=window, n_layer=2,
+        n_head=2, d_model=32, warmup_steps=min(50, max(1, steps // 10)), val_every=0, checkpoint_every=0,
+        seed=seed, device="cpu", num_threads=1, overwrite=True, progress=False, tensorboard=False,
+    )  # fmt: skip
+    return pretrain(run)
 
 
 def main(argv: list[str] | None = None) -> int:

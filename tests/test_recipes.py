@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskctrl.models.checkpoint import load_checkpoint
-from maskctrl.recipes import RECIPES, RecipeConfig, build, default_checkpoint, main
+from maskctrl.recipes import RECIPES, RecipeConfig, build, default_checkpoint, main, random_data_backbone
 
 
 def _sha(path: Path) -> str:
@@ -51,3 +51,17 @@ def test_unknown_env_and_missing_default_checkpoint_are_clear(capsys: pytest.Cap
     assert "no recipe for ['Nowhere']" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no default checkpoint for env 'Nowhere'"):
         default_checkpoint("Nowhere")
+
+
+def test_random_data_backbone_is_tiny_loadable_and_reuses_its_episodes(tmp_path: Path) -> None:
+    result = random_data_backbone("pointmass", tmp_path, episodes=2, steps=4, window=6, seed=3)
+    ckpt = load_checkpoint(result.checkpoint, env_name="pointmass")
+    cfg = ckpt.model.config
+    assert (cfg.n_layer, cfg.d_model, cfg.context_len) == (2, 32, 6)
+    assert result.step == 4
+    episodes = tmp_path / "random-2-seed3" / "episodes.npz"
+    before, weights = _sha(episodes), _sha(result.checkpoint / "model.safetensors")
+    mtime = episodes.stat().st_mtime_ns
+    again = random_data_backbone("pointmass", tmp_path, episodes=2, steps=4, window=6, seed=3)
+    assert episodes.stat().st_mtime_ns == mtime and _sha(episodes) == before  # reused, not collected again
+    assert _sha(again.checkpoint / "model.safetensors") == weights  # same seed, same data: same weights
