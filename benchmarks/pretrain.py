@@ -314,7 +314,12 @@ def markdown(
             f"ensemble trained {rec['ensemble']['epochs']} epochs ({rec['ensemble']['steps']} steps"
             f"{', early-stopped' if rec['ensemble']['stopped_early'] else ''})."
         )
-    mode = "--quick: small budget, not the full benchmark" if cfg.quick else "full budget"
+    if budget == FULL:
+        mode = "full budget"
+    elif cfg.quick:
+        mode = "--quick: small budget, not the full benchmark"
+    else:
+        mode = "custom budget, not the full benchmark"
     return (
         f"# Pretraining benchmark: transformer vs MLP ensemble ({mode})\n\n"
         f"Open-loop MSE in standardized obs units on held-out episodes (same start points for every model, "

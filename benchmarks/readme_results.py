@@ -162,8 +162,12 @@ def pretrain(record: Record) -> str:
             cells.append([env["env"], model, f"{res['mse'][0]:.4f}", f"{res['mse'][-1]:.4f}"])
     headers = ["env", "model", "MSE, step 1", f"MSE, step {horizon}"]
     budget = record["budget"]
-    quick = ("**A `--quick` run (small budget), not the full benchmark.** " if record["config"].get("quick")
-             else "")  # fmt: skip
+    if record["config"].get("quick"):
+        quick = "**A `--quick` run (small budget), not the full benchmark.** "
+    elif record.get("full_run_estimate_s") is not None:  # set whenever the budget differs from the full one
+        quick = "**A reduced-budget run, not the full benchmark.** "
+    else:
+        quick = ""
     return (
         f"{quick}Open-loop prediction error on held-out episodes (standardized observations, true actions); "
         f"{budget['random_episodes']} random + {budget['expert_episodes']} expert episodes per env, "
