@@ -281,7 +281,13 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "fall is certain. rewards.hopper_planning_reward also charges joint angles and torso angular "
             "velocity and caps the paid speed at 0.8 m/s; with 10 blocks of 4 held actions (presets) oracle "
             "iCEM returned 1132 +- 100 over seeds 0-2 (950 +- 70 steps; benchmarks/results/mpc_oracle.md), CEM "
-            "1026 (all 1000 steps); higher speed caps fell again."
+            "1026 (all 1000 steps); higher speed caps fell again. Later single-episode iCEM runs (seed 0): "
+            "15-20 blocks with init_std 0.25-0.3 held all 1000 steps but stood nearly still (return "
+            "1000-1030; 20 blocks at init_std 0.5 fell at step 105); every variant that moved on (joint "
+            "weight 0.5-1, speed tracking at 0.6-0.8 m/s, a planning termination at |angle| > 0.15 or "
+            "z < 0.8, a tipping cost at the horizon's end, 8-step blocks) fell after 127-715 steps. In the "
+            "run traced, the hopper slid forward faster than it could brake inside the horizon and the best "
+            "plan's score sank for ~40 steps before the fall. Next: a value estimate beyond the horizon."
         ),
     )
 
