@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -197,3 +198,45 @@ def test_functions_run_on_cuda_without_host_syncs(name: str) -> None:
     torch.testing.assert_close(on_gpu[0].cpu(), on_cpu[0])
     torch.testing.assert_close(on_gpu[1].cpu(), on_cpu[1])
     assert torch.equal(on_gpu[2].cpu(), spec.termination_fn(next_obs))
+
+
+def test_half_cheetah_planning_reward_charges_only_a_flip() -> None:
+    spec = get_spec("HalfCheetah")
+    assert spec.planning_reward_fn is rewards.half_cheetah_planning_reward
+    data = collect(spec, 500, seed=4)
+    obs, act, nxt = (torch.as_tensor(x, dtype=torch.float32) for x in (data.obs, data.act, data.next_obs))
+    upright = (nxt[:, 1].abs() < rewards.HALF_CHEETAH_PLAN_PITCH_LIMIT).numpy()
+    assert upright.sum() > 100
+    planned = rewards.half_cheetah_planning_reward(obs, act, nxt).numpy()
+    env_like = rewards.half_cheetah_reward(obs, act, nxt).numpy()
+    np.testing.assert_array_equal(planned[upright], env_like[upright])
+    # Same transition, torso pitched: on its back it is charged, rolled all the way over it is upright again.
+    o, a, n = obs[:1], act[:1], nxt[:1].clone()
+    n[:, 1] = 0.0
+    base = float(rewards.half_cheetah_planning_reward(o, a, n))
+    for pitch, charged in [(1.5, True), (-3.0, True), (math.pi, True), (2 * math.pi, False), (-0.9, False)]:
+        n[:, 1] = pitch
+        value = float(rewards.half_cheetah_planning_reward(o, a, n))
+        assert (value < base - 1.0) if charged else value == pytest.approx(base), pitch
+
+
+def test_oracle_icem_keeps_the_half_cheetah_upright_where_the_env_reward_flips_it() -> None:
+    from maskctrl.planner.mpc import MPCController
+    from maskctrl.planner.oracle import OracleDynamics
+    from maskctrl.planner.presets import preset_config
+
+    spec = get_spec("HalfCheetah")
+    pitches = {}
+    for shaped in (False, True):
+        env = spec.make()
+        config = preset_config("HalfCheetah", "icem", seed=2, use_planning_reward=shaped)
+        mpc = MPCController(OracleDynamics([env], spec, nthread=1), spec, env.action_space, config)
+        obs, _ = env.reset(seed=2)  # a reset seed whose preset plan flipped the cheetah by step 9
+        largest = 0.0
+        for _ in range(30):
+            obs, *_ = env.step(mpc.predict(obs)[0])
+            largest = max(largest, abs(float(obs[1])))
+        pitches[shaped] = largest
+        env.close()
+    assert pitches[False] > 2.0, pitches  # the env reward alone rolls it onto its back...
+    assert pitches[True] < 1.5, pitches  # ...the planning reward keeps it upright

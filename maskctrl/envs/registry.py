@@ -243,12 +243,15 @@ def half_cheetah_spec(gym_id: str) -> EnvSpec:
         reward_exact=False,
         termination_exact=True,
         max_episode_steps=1000,
+        planning_reward_fn=rewards.half_cheetah_planning_reward,
         notes=(
             "Reward approximate: (x'-x)/dt ~ 0.4*obs[8] + 0.6*next_obs[8] (mean substep velocity under "
             "Euler, 5 substeps). Correlation with the env reward on random-action transitions "
             "(gymnasium 1.4, v5 and v4): 0.988 (2000, seed 0; 0.987-0.988 on other seeds); next_obs[8] "
             "alone: 0.92-0.93, below the 0.95 bar. Exact alternative: "
-            "rewards.half_cheetah_reward_with_x with exclude_current_positions_from_observation=False."
+            "rewards.half_cheetah_reward_with_x with exclude_current_positions_from_observation=False. "
+            "Planning: rewards.half_cheetah_planning_reward also charges torso pitch beyond 1 rad, "
+            "so that the planner does not flip the cheetah onto its back (see its docstring)."
         ),
     )
 
