@@ -43,6 +43,7 @@ from maskctrl.data.collect import RandomPolicy, collect_episodes
 from maskctrl.data.episodes import EpisodeData, load_episodes, save_episodes
 from maskctrl.envs.registry import get_spec
 from maskctrl.models.checkpoint import read_config
+from maskctrl.planner.presets import objective_tag
 from maskctrl.policies.bc import BCConfig, episode_returns, train_bc
 from maskctrl.policies.transformer_policy import TransformerPolicy
 from maskctrl.training.distributed import resolve_device
@@ -136,7 +137,8 @@ def demonstrations(cfg: BenchConfig, env: str) -> tuple[EpisodeData, dict[int, P
     mpc = expert_config(collect)
     total = max(cfg.episodes)
     steps = "full" if cfg.max_steps is None else cfg.max_steps
-    stem = f"expert-{total}x{steps}-N{mpc.samples}H{mpc.horizon}I{mpc.iterations}-seed{cfg.seed}"
+    budget = f"N{mpc.samples}H{mpc.horizon}I{mpc.iterations}"
+    stem = f"expert-{total}x{steps}-{budget}-{objective_tag(env)}-seed{cfg.seed}"
     root = cfg.data_dir / env / stem
     if (root / "episodes.npz").is_file():
         log(f"{env}: reusing {root}")

@@ -43,6 +43,7 @@ from maskctrl.models.ensemble import EnsembleConfig, EnsembleMLPDynamics
 from maskctrl.models.ensemble_training import train_ensemble
 from maskctrl.models.evaluation import OpenLoopModel, TransformerPredictor, compare_open_loop
 from maskctrl.models.objectives import ObjectiveWeights
+from maskctrl.planner.presets import objective_tag
 from maskctrl.pretrain import PretrainConfig, pretrain
 from maskctrl.training.logs import LOG_FILE, read_log
 
@@ -161,7 +162,8 @@ def log(message: str) -> None:
 def collect(cfg: BenchConfig, budget: Budget, env: str, kind: str) -> tuple[Path, dict[str, float]]:
     """Collect (or reuse) one dataset; return its directory and ``{"steps", "seconds"}`` of collecting it."""
     n = budget.random_episodes if kind == "random" else budget.expert_episodes
-    out = cfg.work_dir / env / f"{kind}-{n}x{budget.max_steps}-seed{cfg.seed}"
+    tag = "" if kind == "random" else f"-{objective_tag(env)}"
+    out = cfg.work_dir / env / f"{kind}-{n}x{budget.max_steps}{tag}-seed{cfg.seed}"
     timing_file = out.with_name(out.name + ".timing.json")  # beside the dataset, which holds only its files
     if (out / "episodes.npz").is_file() and timing_file.is_file():
         log(f"{env}: reusing {out}")

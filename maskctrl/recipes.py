@@ -205,12 +205,18 @@ def _git_commit() -> str | None:
 def data_dirs(env: str, work_dir: Path, recipe: Recipe | None = None, *, seed: int = 0) -> tuple[Path, Path]:
     """The cached random and expert dataset directories of ``env``'s recipe under ``work_dir``.
 
-    They are keyed by what made them, so a changed recipe collects afresh.
+    They are keyed by what made them (the expert's by its planning objective too), so a changed recipe
+    or objective collects afresh.
     """
+    from maskctrl.planner.presets import objective_tag
+
     r = RECIPES[env] if recipe is None else recipe
     work = work_dir / env
     random_dir = work / f"random-{r.random_episodes}x{r.random_max_steps}-seed{seed}"
-    expert_dir = work / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}-seed{seed}"
+    tag = objective_tag(env)
+    expert_dir = (
+        work / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}-{tag}-seed{seed}"
+    )
     return random_dir, expert_dir
 
 

@@ -82,3 +82,14 @@ def preset_config(
     fields["optimizer_overrides"] = overrides
     fields.update(changes)
     return MPCConfig(**fields)
+
+
+def objective_tag(env_name: str) -> str:
+    """The name of the objective ``env_name``'s planner maximizes (its spec's ``planning_objective``).
+
+    Part of the cache keys of recorded expert data, so that demonstrations planned under an earlier
+    objective are not reused after it changed.
+    """
+    from maskctrl.envs.registry import get_spec
+
+    return getattr(get_spec(env_name).planning_objective, "__name__", "objective")
