@@ -71,8 +71,9 @@ class BenchConfig:
     """Where the JSON, markdown and plot go."""
     name: str = "mpc_oracle"
     """Stem of the output files."""
-    update: bool = False
-    """Keep the rows of (env, method) pairs not run now from the existing JSON (each row has its date)."""
+    update: bool = True
+    """Keep the rows of (env, method) pairs not run now from the existing JSON (each row has its date);
+    --no-update writes only this run's rows."""
 
 
 def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResult]:
