@@ -210,3 +210,18 @@ def test_episode_limit_caps_but_never_extends() -> None:
     assert spec.episode_limit() == 50
     assert spec.episode_limit(10) == 10
     assert spec.episode_limit(200) == 50  # a cap above the env's own limit keeps the env's limit
+
+
+def test_objective_tag_names_the_planning_objective_safely_for_a_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from maskctrl.planner.presets import objective_tag
+
+    assert objective_tag("HalfCheetah") == "half_cheetah_planning_reward"
+    assert objective_tag("Reacher") == get_spec("Reacher").planning_objective.__name__
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    spec = dataclasses.replace(
+        get_spec("pointmass"), name="tagged-lambda", planning_reward_fn=lambda o, a, n: o[..., 0]
+    )
+    register_spec(spec)
+    assert objective_tag("tagged-lambda") == "lambda"

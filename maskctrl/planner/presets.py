@@ -8,6 +8,7 @@ plans at >= 5 control steps/s on 2 CPU cores, and per-optimizer overrides found 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,9 +88,11 @@ def preset_config(
 def objective_tag(env_name: str) -> str:
     """The name of the objective ``env_name``'s planner maximizes (its spec's ``planning_objective``).
 
-    Part of the cache keys of recorded expert data, so that demonstrations planned under an earlier
-    objective are not reused after it changed.
+    Part of the cache keys (directory names) of recorded expert data, so that demonstrations planned
+    under an earlier objective are not reused after it changed. Characters other than letters, digits,
+    ``_``, ``.`` and ``-`` are dropped (a lambda gives ``lambda``).
     """
     from maskctrl.envs.registry import get_spec
 
-    return getattr(get_spec(env_name).planning_objective, "__name__", "objective")
+    name = getattr(get_spec(env_name).planning_objective, "__name__", "")
+    return re.sub(r"[^A-Za-z0-9_.-]", "", name) or "objective"
