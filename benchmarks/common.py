@@ -48,6 +48,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
 
 
+def planner_speed_table(record: dict[str, Any]) -> str:
+    """The KV-vs-recompute table of a ``planner_speed.py`` record (its page and the README show the same)."""
+    mpc, roll = record["mpc"], record["rollout"]
+    rows = [
+        [name, f"{mpc[name]['control_steps_per_s']:.2f}", f"{mpc[name]['imagined_transitions_per_s']:,.0f}",
+         f"{roll[f'{name}_s_median'] * 1e3:.1f}"]
+        for name in ("kv", "recompute")
+    ]  # fmt: skip
+    return markdown_table(["rollout", "control steps/s", "imagined transitions/s", "one rollout (ms)"], rows)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text.split(" ± ")[0])

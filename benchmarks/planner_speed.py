@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 import tyro
 from backbone import timed
-from common import machine_info, markdown_table, write_results
+from common import machine_info, planner_speed_table, write_results
 from mpc_learned import BenchConfig as LearnedConfig
 from mpc_learned import transformer_checkpoint
 
@@ -190,12 +190,7 @@ def time_rollouts(
 def render(record: dict[str, Any]) -> str:
     """The markdown report."""
     cfg, mpc, roll, model = record["config"], record["mpc"], record["rollout"], record["model"]
-    rows = [
-        [name, f"{mpc[name]['control_steps_per_s']:.2f}", f"{mpc[name]['imagined_transitions_per_s']:.0f}",
-         f"{roll[f'{name}_s_median'] * 1e3:.1f}"]
-        for name in ("kv", "recompute")
-    ]  # fmt: skip
-    table = markdown_table(["rollout", "control steps/s", "imagined transitions/s", "one rollout (ms)"], rows)
+    table = planner_speed_table(record)
     targets = "\n".join(
         f"- {t['what']}: {t['value']:.2f} (target >= {t['target']:g}): {'met' if t['met'] else 'NOT met'}"
         for t in record["targets"]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import fmt_mean_std, markdown_table
+from common import fmt_mean_std, markdown_table, planner_speed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -119,20 +119,14 @@ def mpc_oracle(record: Record) -> str:
 
 def planner_speed(record: Record) -> str:
     """KV-cached vs full-recompute planning with the transformer world model."""
-    cfg, mpc, roll, model = record["config"], record["mpc"], record["rollout"], record["model"]
-    cells = [
-        [name, f"{mpc[name]['control_steps_per_s']:.2f}", f"{mpc[name]['imagined_transitions_per_s']:,.0f}",
-         f"{roll[f'{name}_s_median'] * 1e3:.1f}"]
-        for name in ("kv", "recompute")
-    ]  # fmt: skip
-    headers = ["rollout", "control steps/s", "imagined transitions/s", "one rollout (ms)"]
+    cfg, roll, model = record["config"], record["rollout"], record["model"]
     targets = "; ".join(f"{t['what']} {t['value']:.2f} (target ≥ {t['target']:g}): {_verdict(t['met'])}"
                         for t in record["targets"])  # fmt: skip
     return (
         f"{cfg['env']}, {cfg['optimizer']} N={cfg['samples']}, H={cfg['horizon']}, {cfg['iterations']} iterations"
         f" on {record['device_name']}; model {model['provenance']} ({model['n_layer']} layers, "
         f"d={model['d_model']}, {model['params']:,} parameters){' — quick run' if cfg.get('quick') else ''}.\n\n"
-        f"{markdown_table(headers, cells)}\n\nShared-prefix KV cache: {roll['speedup']:.1f}× faster per rollout "
+        f"{planner_speed_table(record)}\n\nShared-prefix KV cache: {roll['speedup']:.1f}× faster per rollout "
         f"than recomputing the window, largest difference {roll['max_abs_diff_next_obs']:.1e}. {targets}."
     )
 
