@@ -177,7 +177,7 @@ class OracleDynamics:
             next_obs, obs0 = self._mujoco_rollout(self.envs[history.env_index], actions)
         else:
             next_obs, obs0 = self._pointmass_rollout(self.envs[history.env_index], history, actions)
-        act64 = actions.to(torch.float64)
+        act64 = actions.detach().to("cpu", torch.float64)  # the simulator's outputs are on the CPU
         prev_obs = previous_observations(obs0, next_obs)  # [N,H,O]
         reward = self.spec.reward_fn(prev_obs, act64, next_obs)
         terminated = self.spec.termination_fn(next_obs)
