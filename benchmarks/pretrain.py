@@ -143,6 +143,9 @@ class BenchConfig:
     """Where the JSON and markdown go."""
     name: str = "pretrain"
     """Base name of the result files."""
+    merge: tuple[Path, ...] = ()
+    """Instead of running: combine the JSON records of earlier runs with the same settings (e.g. one
+    ``--envs X --name pretrain_X`` run per env, run side by side) into one page."""
 
 
 def resolve(cfg: BenchConfig) -> Budget:
@@ -348,8 +351,54 @@ def markdown(
     )
 
 
+def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
+    """One record of several runs' envs; their settings other than ``envs``, ``name`` and ``out_dir``
+    must agree (budget, models, seeds, device)."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    ignored = {"envs", "name", "out_dir", "merge"}
+
+    def settings(rec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in rec["config"].items() if k not in ignored} | {"budget": rec["budget"]}
+
+    first = records[0]
+    for path, rec in zip(paths[1:], records[1:], strict=True):
+        diff = sorted(
+            k
+            for k in settings(first).keys() | settings(rec).keys()
+            if settings(first).get(k) != settings(rec).get(k)
+        )
+        if diff:
+            raise SystemExit(f"{path} was run with other settings than {paths[0]}: {', '.join(diff)}")
+    envs = [env for rec in records for env in rec["envs"]]
+    names = [env["env"] for env in envs]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"the records repeat an env: {names}")
+    estimates = [rec["full_run_estimate_s"] for rec in records]
+    estimate = None if None in estimates else {k: sum(e[k] for e in estimates) for k in estimates[0]}
+    return {
+        **first,
+        "config": {**first["config"], "envs": names},
+        "total_s": sum(rec["total_s"] for rec in records),
+        "envs": envs,
+        "full_run_estimate_s": estimate,
+        "merged_from": [str(p) for p in paths],
+    }
+
+
 def main(cfg: BenchConfig) -> dict[str, Any]:
-    """Run the benchmark for every env and write the results."""
+    """Run the benchmark for every env (or merge earlier runs' records) and write the results."""
+    if cfg.merge:
+        record = merge_records(cfg.merge)
+        config = {**record["config"], "work_dir": Path(record["config"]["work_dir"]), "merge": ()}
+        config |= {"out_dir": cfg.out_dir, "name": cfg.name, "envs": tuple(config["envs"])}
+        budget = Budget(**record["budget"])
+        page = markdown(
+            BenchConfig(**config), budget, record["envs"], record["machine"], record["full_run_estimate_s"]
+        )
+        print(page)
+        json_path, md_path = write_results(cfg.out_dir, cfg.name, record, page)
+        log(f"wrote {json_path} and {md_path} (merged {len(cfg.merge)} records)")
+        return record
     if cfg.history + cfg.horizon - 1 > cfg.window:
         raise SystemExit(
             f"--history {cfg.history} + --horizon {cfg.horizon} - 1 exceeds --window {cfg.window}"

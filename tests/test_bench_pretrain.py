@@ -1,0 +1,57 @@
+"""``benchmarks/pretrain.py --merge``: per-env runs (run side by side) combine into one results page."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("bench_pretrain", REPO / "benchmarks" / "pretrain.py")
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_pretrain"] = bench  # dataclasses look their module up while the script runs
+_spec.loader.exec_module(bench)
+
+RESULTS = REPO / "benchmarks" / "results" / "pretrain.json"
+
+
+def _split(tmp_path: Path) -> tuple[dict, list[Path]]:
+    whole = json.loads(RESULTS.read_text())
+    assert len(whole["envs"]) >= 2
+    paths = []
+    for env in whole["envs"]:
+        part = copy.deepcopy(whole)
+        part["envs"], part["config"]["envs"] = [env], [env["env"]]
+        part["config"]["name"] = f"pretrain_{env['env']}"
+        path = tmp_path / f"pretrain_{env['env']}.json"
+        path.write_text(json.dumps(part))
+        paths.append(path)
+    return whole, paths
+
+
+def test_merging_per_env_records_gives_the_page_of_one_run(tmp_path: Path) -> None:
+    whole, paths = _split(tmp_path)
+    merged = bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="merged"))
+    assert [e["env"] for e in merged["envs"]] == [e["env"] for e in whole["envs"]]
+    page = (tmp_path / "merged.md").read_text()
+    for env in whole["envs"]:
+        for model, result in env["open_loop"].items():
+            assert f"| {env['env']}" in page and model in page
+            assert f"{result['mse'][-1]:.4f}" in page
+    assert json.loads((tmp_path / "merged.json").read_text())["merged_from"] == [str(p) for p in paths]
+
+
+def test_merging_runs_with_other_settings_is_refused(tmp_path: Path) -> None:
+    _, paths = _split(tmp_path)
+    other = json.loads(paths[1].read_text())
+    other["budget"]["steps"] += 1
+    other["config"]["seed"] += 1
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"other settings than .*: budget, seed"):
+        bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="merged"))
