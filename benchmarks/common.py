@@ -54,7 +54,7 @@ def planner_speed_table(record: dict[str, Any]) -> str:
     rows = [
         [name, f"{mpc[name]['control_steps_per_s']:.2f}", f"{mpc[name]['imagined_transitions_per_s']:,.0f}",
          f"{roll[f'{name}_s_median'] * 1e3:.1f}"]
-        for name in ("kv", "recompute")
+        for name in mpc  # kv, kv_eager (CUDA graphs off, GPU runs only), recompute
     ]  # fmt: skip
     return markdown_table(["rollout", "control steps/s", "imagined transitions/s", "one rollout (ms)"], rows)
 
@@ -79,6 +79,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 

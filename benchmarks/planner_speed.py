@@ -72,6 +72,8 @@ class SpeedConfig:
     """Where the model and the planner run."""
     bf16: bool = False
     """bfloat16 autocast for the transformer."""
+    cuda_graphs: bool = True
+    """On CUDA: replay the KV decoding from CUDA graphs, and time the eager KV decoding beside it."""
     threads: int | None = None
     """Torch intra-op threads (None: torch's default)."""
     seed: int = 0
@@ -151,9 +153,11 @@ def time_controller(
 
 
 def time_rollouts(
-    kv: TransformerDynamics, full: TransformerDynamics, history: History, cfg: SpeedConfig
+    variants: dict[str, TransformerDynamics], history: History, cfg: SpeedConfig
 ) -> dict[str, Any]:
-    """Median seconds of one ``[N,H,A]`` rollout per method (alternating), and their largest difference."""
+    """Median seconds of one ``[N,H,A]`` rollout per variant (alternating), and their largest difference
+    from the ``"kv"`` variant's predictions."""
+    kv = variants["kv"]
     spec = get_spec(cfg.env)
     env = spec.make()
     low, high = (
@@ -165,10 +169,10 @@ def time_rollouts(
     actions = low + (high - low) * torch.rand(
         cfg.samples, cfg.horizon, spec.act_dim, generator=gen, device=kv.device
     )
-    times: dict[str, list[float]] = {"kv": [], "recompute": []}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     outs: dict[str, Rollout] = {}
     for _ in range(cfg.repeats + 1):  # the first round warms up
-        for name, dyn in (("kv", kv), ("recompute", full)):
+        for name, dyn in variants.items():
             # A fresh History object, so that the prefix encoding is timed too.
             fresh = History(obs=history.obs.clone(), act=history.act, valid=history.valid, env_index=0)
             _sync(kv.device)
@@ -178,13 +182,18 @@ def time_rollouts(
                 _sync(kv.device)
 
             times[name].append(timed(call))
-    kv_s, full_s = statistics.median(times["kv"][1:]), statistics.median(times["recompute"][1:])
-    return {
-        "kv_s_median": kv_s, "recompute_s_median": full_s, "speedup": full_s / kv_s,
-        "kv_s_all": times["kv"][1:], "recompute_s_all": times["recompute"][1:],
-        "max_abs_diff_next_obs": float((outs["kv"].next_obs - outs["recompute"].next_obs).abs().max()),
-        "max_abs_diff_reward": float((outs["kv"].reward - outs["recompute"].reward).abs().max()),
-    }  # fmt: skip
+    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
+    out: dict[str, Any] = {f"{name}_s_median": m for name, m in medians.items()}
+    out |= {f"{name}_s_all": t[1:] for name, t in times.items()}
+    out["speedup"] = medians["recompute"] / medians["kv"]
+    if "kv_eager" in medians:
+        out["graph_speedup"] = medians["kv_eager"] / medians["kv"]
+    others = [name for name in variants if name != "kv"]
+    for key in ("next_obs", "reward"):
+        out[f"max_abs_diff_{key}"] = max(
+            float((getattr(outs["kv"], key) - getattr(outs[name], key)).abs().max()) for name in others
+        )
+    return out
 
 
 def render(record: dict[str, Any]) -> str:
@@ -205,8 +214,14 @@ def render(record: dict[str, Any]) -> str:
         f"Measured {info['date']} on {info['processor']} x{info['cpu_count']} (shared machine: ratios are "
         "the robust numbers).\n\n"
         f"{table}\n\nKV speedup: {roll['speedup']:.1f}x per rollout, "
-        f"{mpc['kv']['control_steps_per_s'] / mpc['recompute']['control_steps_per_s']:.1f}x per control step; "
-        f"largest difference next_obs {roll['max_abs_diff_next_obs']:.1e}, reward {roll['max_abs_diff_reward']:.1e}.\n\n"
+        f"{mpc['kv']['control_steps_per_s'] / mpc['recompute']['control_steps_per_s']:.1f}x per control step"
+        + (
+            f"; CUDA graphs {roll['graph_speedup']:.1f}x per rollout over eager KV decoding"
+            if "graph_speedup" in roll
+            else ""
+        )
+        + f"; largest difference from kv: next_obs {roll['max_abs_diff_next_obs']:.1e}, "
+        f"reward {roll['max_abs_diff_reward']:.1e}.\n\n"
         f"{targets}\n"
     )
 
@@ -232,12 +247,25 @@ def main(cfg: SpeedConfig) -> dict[str, Any]:
         fallback_scale=cfg.fallback_scale, horizon=cfg.horizon,
     )  # fmt: skip
     path, provenance = transformer_checkpoint(cfg.env, learned)
-    kv = TransformerDynamics.from_checkpoint(path, spec, device=cfg.device, bf16=cfg.bf16)
-    full = TransformerDynamics(kv.model, kv.normalizer, spec, bf16=cfg.bf16, recompute=True)
+    on_cuda = torch.device(cfg.device).type == "cuda"
+    kv = TransformerDynamics.from_checkpoint(
+        path, spec, device=cfg.device, bf16=cfg.bf16, cuda_graphs=cfg.cuda_graphs if on_cuda else None
+    )
+    variants = {"kv": kv}
+    if kv.cuda_graphs:  # the same model decoded eagerly, for the graphs' speedup
+        variants["kv_eager"] = TransformerDynamics(
+            kv.model, kv.normalizer, spec, bf16=cfg.bf16, cuda_graphs=False
+        )
+    variants["recompute"] = TransformerDynamics(kv.model, kv.normalizer, spec, bf16=cfg.bf16, recompute=True)
     observed = observations(cfg, cfg.control_steps + 1)
-    mpc_kv, controller = time_controller(kv, cfg, observed, cfg.control_steps)
-    mpc_full, _ = time_controller(full, cfg, observed, cfg.recompute_steps)
-    rollout = time_rollouts(kv, full, controller.history(0), cfg)
+    mpc: dict[str, dict[str, float]] = {}
+    for name, dyn in variants.items():
+        steps = cfg.recompute_steps if name == "recompute" else cfg.control_steps
+        mpc[name], controller = time_controller(dyn, cfg, observed, steps)
+        if name == "kv":
+            kv_controller = controller
+    rollout = time_rollouts(variants, kv_controller.history(0), cfg)
+    mpc_kv = mpc["kv"]
     model_cfg = kv.model.config
     steps_target = GPU_STEPS if kv.device.type == "cuda" else CPU_STEPS
     targets = [
@@ -256,7 +284,7 @@ def main(cfg: SpeedConfig) -> dict[str, Any]:
                   "d_model": model_cfg.d_model, "context_len": model_cfg.context_len,
                   "params": sum(p.numel() for p in kv.model.parameters()),
                   "history": kv.window_plan(MPCConfig().history_len, cfg.horizon)[0]},
-        "mpc": {"kv": mpc_kv, "recompute": mpc_full},
+        "mpc": mpc,
         "rollout": rollout,
         "targets": targets,
     }  # fmt: skip

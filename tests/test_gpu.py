@@ -47,11 +47,12 @@ def _no_tf32() -> Iterator[None]:
     torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _pair(**options: Any) -> tuple[TransformerDynamics, TransformerDynamics]:
+def _pair(cuda_graphs: bool | None = None, **options: Any) -> tuple[TransformerDynamics, TransformerDynamics]:
+    """The same model on the CPU and on the GPU (``cuda_graphs`` applies to the GPU one)."""
     model, norm, spec = make_model(), make_normalizer(), toy_spec()
     on_gpu = copy.deepcopy(model).to(CUDA)
     return TransformerDynamics(model, norm, spec, **options), TransformerDynamics(
-        on_gpu, norm, spec, **options
+        on_gpu, norm, spec, cuda_graphs=cuda_graphs, **options
     )
 
 
@@ -75,8 +76,9 @@ def test_transformer_rollout_on_cuda_matches_cpu(k0: int, pad: int, horizon: int
     assert gpu.rollout(history, actions).next_obs.device.type == "cpu"
 
 
-def test_transformer_decode_steps_do_not_sync_the_host() -> None:
-    _, gpu = _pair()
+@pytest.mark.parametrize("graphs", [False, True])
+def test_transformer_decode_steps_do_not_sync_the_host(graphs: bool) -> None:
+    _, gpu = _pair(cuda_graphs=graphs)
     history, actions = _on_cuda(make_history(6, 2)), candidates(128, 5).to(CUDA)
     gpu.rollout(history, actions)  # encodes (and keeps) the history's prefix: one sync, allowed
     torch.cuda.synchronize()
@@ -160,3 +162,25 @@ def test_controller_on_cuda_scores_like_the_cpu_and_stays_in_bounds() -> None:
     got = gpu_ctrl._objective(_on_cuda(history), fixed.to(CUDA))
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_replays_equal_eager_decoding_for_new_inputs(bf16: bool) -> None:
+    model, norm, spec = make_model(), make_normalizer(), toy_spec()
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    eager = TransformerDynamics(on_gpu, norm, spec, reward="model", bf16=bf16, cuda_graphs=False)
+    graphed = TransformerDynamics(on_gpu, norm, spec, reward="model", bf16=bf16)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    # New histories and candidates every call (the graph's input buffers must be refilled), another
+    # history length and batch size (another graph) and a horizon past the window (per-candidate windows).
+    cases = [(6, 0, 5, 64), (6, 2, 5, 64), (5, 1, 5, 32), (6, 0, 5, 64), (3, 1, 25, 16)]
+    graphs = []
+    for seed, (k0, pad, horizon, n) in enumerate(cases):
+        history = make_history(k0, pad, seed=10 + seed)
+        actions = candidates(n, horizon, seed=20 + seed).to(CUDA)
+        want, got = eager.rollout(history, actions), graphed.rollout(history, actions)
+        torch.testing.assert_close(got.next_obs, want.next_obs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.reward, want.reward, atol=1e-5, rtol=0)
+        graphs.append(len(graphed._graphs))
+    assert graphs[:4] == [1, 1, 2, 2]  # one graph per window shape, replayed for same-shaped calls
+    assert graphs[4] > 2

@@ -369,3 +369,9 @@ def test_bad_inputs_are_refused() -> None:
         dyn.rollout(make_history(3, 0), torch.zeros(4, 2, 2))
     with pytest.raises(ValueError, match="env 'pointmass' has 4/2"):
         TransformerDynamics(make_model(), make_normalizer(), get_spec("pointmass"))
+
+
+def test_cuda_graphs_need_a_cuda_model() -> None:
+    with pytest.raises(ValueError, match="cuda_graphs needs a model on a CUDA device"):
+        TransformerDynamics(make_model(), make_normalizer(), toy_spec(), cuda_graphs=True)
+    assert not TransformerDynamics(make_model(), make_normalizer(), toy_spec()).cuda_graphs
