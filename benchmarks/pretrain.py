@@ -295,8 +295,9 @@ def markdown(
     envs: list[dict[str, Any]],
     info: dict[str, Any],
     estimate: dict[str, float] | None,
+    merged: int = 1,
 ) -> str:
-    """The results page: one row per env and model."""
+    """The results page: one row per env and model (``merged``: how many runs' records it combines)."""
     rows = []
     for rec in envs:
         for name, res in rec["open_loop"].items():
@@ -319,6 +320,9 @@ def markdown(
             f"ensemble trained {rec['ensemble']['epochs']} epochs ({rec['ensemble']['steps']} steps"
             f"{', early-stopped' if rec['ensemble']['stopped_early'] else ''})."
         )
+    where = f"single process, {cfg.device}" + (f" ({info['gpu']})" if info.get("gpu") else "")
+    if merged > 1:
+        where += f"; the {merged} envs ran as one process each, side by side on that device"
     if budget == FULL:
         mode = "full budget"
     elif cfg.quick:
@@ -332,7 +336,7 @@ def markdown(
         f"{budget.random_episodes} random + {budget.expert_episodes} noisy oracle-MPC episodes "
         f"(noise {cfg.expert_noise}, ≤{budget.max_steps} steps each), {cfg.val_fraction:.0%} of each held out. "
         f"Transformer: {cfg.n_layer} layers, d={cfg.d_model}, window {cfg.window}, {budget.steps} steps of "
-        f"batch {budget.batch_size} (single process, {cfg.device}, {cfg.num_threads} threads). Ensemble: "
+        f"batch {budget.batch_size} ({where}, {cfg.num_threads} CPU threads). Ensemble: "
         f"{EnsembleConfig().members}×{EnsembleConfig().layers}×{EnsembleConfig().hidden} PETS MLP, ≤{budget.ensemble_epochs} epochs. "
         f"Measured {info['date']} on {info['processor']}, torch {info['torch']}.\n\n{table}\n\n"
         + "\n".join(verdicts)
@@ -382,6 +386,12 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         "envs": envs,
         "full_run_estimate_s": estimate,
         "merged_from": [str(p) for p in paths],
+        "command": " & ".join(
+            f"python benchmarks/pretrain.py --envs {' '.join(rec['config']['envs'])} --device "
+            f"{rec['config']['device']} --name {rec['config']['name']}"
+            for rec in records
+        )
+        + f" & wait; python benchmarks/pretrain.py --merge {' '.join(Path(p).name for p in paths)}",
     }
 
 
@@ -393,7 +403,12 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
         config |= {"out_dir": cfg.out_dir, "name": cfg.name, "envs": tuple(config["envs"])}
         budget = Budget(**record["budget"])
         page = markdown(
-            BenchConfig(**config), budget, record["envs"], record["machine"], record["full_run_estimate_s"]
+            BenchConfig(**config),
+            budget,
+            record["envs"],
+            record["machine"],
+            record["full_run_estimate_s"],
+            merged=len(cfg.merge),
         )
         print(page)
         json_path, md_path = write_results(cfg.out_dir, cfg.name, record, page)

@@ -38,6 +38,9 @@ def _measured(record: Record, stem: str) -> str:
     where = info.get("processor") or info.get("machine") or "?"
     if info.get("cpu_count"):
         where += f" x{info['cpu_count']}"
+    gpu = info.get("gpu") or (record.get("device_name") if record.get("device_name") != "cpu" else None)
+    if gpu:
+        where += f" with an {gpu}"
     link = f"benchmarks/results/{stem}.md"
     return f"measured {info.get('date', '?')} on {where}, torch {info.get('torch', '?')}; details: [{link}]({link})"
 
@@ -162,10 +165,16 @@ def pretrain(record: Record) -> str:
         quick = "**A reduced-budget run, not the full benchmark.** "
     else:
         quick = ""
+    verdicts = []
+    for env in record["envs"]:
+        ol = env["open_loop"]
+        tf, ens = ol["transformer (all objectives)"]["mse"][-1], ol["MLP ensemble (mean)"]["mse"][-1]
+        verdicts.append(f"{env['env']} {_verdict(tf < ens)}")
     return (
         f"{quick}Open-loop prediction error on held-out episodes (standardized observations, true actions); "
         f"{budget['random_episodes']} random + {budget['expert_episodes']} expert episodes per env, "
-        f"{budget['steps']} pretraining steps.\n\n{markdown_table(headers, cells)}"
+        f"{budget['steps']} pretraining steps.\n\n{markdown_table(headers, cells)}\n\n"
+        f"Target (transformer with all objectives below the ensemble at step {horizon}): {'; '.join(verdicts)}."
     )
 
 
@@ -205,12 +214,17 @@ BENCHMARKS: tuple[tuple[str, str, Callable[[Record], str]], ...] = (
     ("mpc_learned", "MPC with the pretrained transformer as world model", mpc_learned),
     ("mpc_oracle", "Oracle MPC (planning in the true simulator)", mpc_oracle),
     ("planner_speed", "Planner speed", planner_speed),
+    ("planner_speed_gpu", "Planner speed on a GPU", planner_speed),
     ("backbone", "Backbone throughput", backbone),
     ("pretrain", "Pretraining: open-loop error, transformer vs MLP ensemble", pretrain),
     ("bc", "Behaviour cloning: pretrained vs scratch", bc),
     ("sb3", "Stable-Baselines3 PPO: frozen pretrained extractor vs MlpPolicy", sb3),
 )
-"""``(JSON stem, title, renderer)`` in README order; the script is ``benchmarks/<stem>.py``."""
+"""``(JSON stem, title, renderer)`` in README order; the command is ``python benchmarks/<stem>.py``
+unless :data:`COMMANDS` names another."""
+
+COMMANDS = {"planner_speed_gpu": "python benchmarks/planner_speed.py --device cuda --name planner_speed_gpu"}
+"""Commands of the results that ``python benchmarks/<stem>.py`` does not write."""
 
 
 def render_results(results: Path) -> str:
@@ -222,8 +236,9 @@ def render_results(results: Path) -> str:
     for stem, title, render in BENCHMARKS:
         path = results / f"{stem}.json"
         head = f"#### {title}\n\n"
+        command = COMMANDS.get(stem, f"python benchmarks/{stem}.py")
         if not path.exists():
-            parts.append(f"{head}*Not yet measured:* run `python benchmarks/{stem}.py`.")
+            parts.append(f"{head}*Not yet measured:* run `{command}`.")
             continue
         record = json.loads(path.read_text())
         try:
@@ -233,7 +248,8 @@ def render_results(results: Path) -> str:
                 f"{path} does not have the layout benchmarks/readme_results.py reads ({type(err).__name__}: "
                 f"{err}); update its renderer {render.__name__}()"
             ) from err
-        parts.append(f"{head}`python benchmarks/{stem}.py`, {_measured(record, stem)}\n\n{body}")
+        command = record.get("command", command)  # a record made otherwise (e.g. merged runs) says how
+        parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}")
     return "\n\n".join(parts)
 
 

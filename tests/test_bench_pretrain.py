@@ -44,7 +44,11 @@ def test_merging_per_env_records_gives_the_page_of_one_run(tmp_path: Path) -> No
         for model, result in env["open_loop"].items():
             assert f"| {env['env']}" in page and model in page
             assert f"{result['mse'][-1]:.4f}" in page
-    assert json.loads((tmp_path / "merged.json").read_text())["merged_from"] == [str(p) for p in paths]
+    saved = json.loads((tmp_path / "merged.json").read_text())
+    assert saved["merged_from"] == [str(p) for p in paths]
+    for env in whole["envs"]:  # the record says how it was made: one run per env, then the merge
+        assert f"--envs {env['env']} " in saved["command"]
+    assert saved["command"].endswith(f"--merge {' '.join(p.name for p in paths)}")
 
 
 def test_merging_runs_with_other_settings_is_refused(tmp_path: Path) -> None:
