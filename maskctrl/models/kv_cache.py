@@ -137,9 +137,17 @@ def _blocks(model: MaskedControlTransformer) -> list[Block]:
 
 
 def _decode_block(
-    block: Block, x: torch.Tensor, cache: DecodeCache, layer: int, rotary: Rotary | None
+    block: Block,
+    x: torch.Tensor,
+    cache: DecodeCache,
+    layer: int,
+    rotary: Rotary | None,
+    later: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One block over new tokens ``x [B, N, q, D]``, appending their keys and values to the cache."""
+    """One block over new tokens ``x [B, N, q, D]``, appending their keys and values to the cache.
+
+    ``later``: bool ``[q, S]``, True where a new token must not see an imagined token (None for q = 1).
+    """
     batch, n, q_len, _ = x.shape
     attn = block.attn
     q, k, v = attn.split_heads(block.ln_1(x), rotary)  # [B, N, h, q, hd] each
@@ -159,8 +167,7 @@ def _decode_block(
     scores_prefix = (q_flat @ prefix_k.transpose(-1, -2)).view(batch, n_head, n, q_len, n_prefix)
     scores_prefix = scores_prefix + cache.prefix.key_bias  # [B, h, N, q, P]
     scores_new = q @ new_k.transpose(-1, -2)  # [B, h, N, q, S]
-    if q_len > 1:  # causal among the tokens decoded together
-        later = torch.ones(q_len, end, dtype=torch.bool, device=x.device).triu(start + 1)
+    if later is not None:  # causal among the tokens decoded together
         scores_new = scores_new.masked_fill(later, float("-inf"))
     probs = torch.cat([scores_prefix, scores_new], dim=-1).softmax(dim=-1)  # [B, h, N, q, P+S]
     probs_prefix, probs_new = probs.split([n_prefix, end], dim=-1)
@@ -183,9 +190,13 @@ def decode(model: MaskedControlTransformer, cache: DecodeCache, tokens: torch.Te
         raise ValueError(f"decode cache holds {capacity} tokens, {cache.length} used, {q_len} more given")
     first = cache.prefix.keys[0].shape[2] + cache.length  # window token index of tokens[:, :, 0]
     rotary = model.rotary_at(torch.arange(first, first + q_len, device=tokens.device))
+    end = cache.length + q_len
+    later = None  # one causal mask among the new tokens, shared by the layers
+    if q_len > 1:
+        later = torch.ones(q_len, end, dtype=torch.bool, device=tokens.device).triu(cache.length + 1)
     x = tokens
     for layer, block in enumerate(_blocks(model)):
-        x = _decode_block(block, x, cache, layer, rotary)
+        x = _decode_block(block, x, cache, layer, rotary, later)
     cache.length += q_len
     return model.ln_f(x)
 

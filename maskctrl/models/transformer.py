@@ -82,14 +82,18 @@ class TransformerConfig:
 
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
-"""Cosines and sines ``[L, hd/2]`` of the rotary angles at L token positions."""
+"""Cosines and sines ``[L, hd]`` of the rotary angles at L token positions (each repeated for both halves)."""
 
 
 def rotate(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-    """Apply rotary position embeddings to queries or keys ``[..., L, hd]`` (halves rotated as pairs)."""
+    """Apply rotary position embeddings to queries or keys ``[..., L, hd]`` (halves rotated as pairs).
+
+    ``rotary``: cos and sin ``[L, hd]``, each frequency's value repeated for both halves, so that the
+    rotation is ``x * cos + (-x2, x1) * sin`` in five kernels.
+    """
     cos, sin = rotary
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class SelfAttention(nn.Module):
@@ -109,10 +113,12 @@ class SelfAttention(nn.Module):
         """Project ``x [..., L, D]`` to (rotated) queries, keys and values ``[..., h, L, D/h]`` each."""
         *lead, length, width = x.shape
         qkv = self.qkv(x).view(*lead, length, 3, self.n_head, width // self.n_head)  # [..., L, 3, h, hd]
-        q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)  # 3 x [..., h, L, hd]
-        if rotary is not None:
-            q, k = rotate(q, rotary), rotate(k, rotary)
-        return q, k, v
+        qkv = qkv.movedim(-3, 0).transpose(-3, -2)  # [3, ..., h, L, hd]
+        if rotary is None:
+            q, k, v = qkv.unbind(0)
+            return q, k, v
+        qk = rotate(qkv[:2], rotary)  # queries and keys in one pass (half the kernels of two)
+        return qk[0], qk[1], qkv[2]
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """Merge ``y [..., h, L, hd]`` back into tokens and project: ``[..., L, D]``."""
@@ -278,6 +284,7 @@ class MaskedControlTransformer(nn.Module):
         half = config.d_model // config.n_head // 2
         frequency = config.rotary_base ** (-torch.arange(half) / half)  # [hd/2]
         angle = torch.arange(2 * config.context_len).unsqueeze(1) * frequency  # [2C, hd/2] per token index
+        angle = torch.cat([angle, angle], dim=1)  # [2C, hd]: both halves of a pair turn together
         self.rotary_cos: torch.Tensor
         self.rotary_sin: torch.Tensor
         self.register_buffer("rotary_cos", angle.cos(), persistent=False)
