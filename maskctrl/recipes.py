@@ -91,14 +91,30 @@ RECIPES: dict[str, Recipe] = {
         n_layer=3,
         d_model=96,
     ),
+    # 10 random + 6 expert episodes (12.4k transitions) over-fitted: validation forward loss 0.090 against
+    # 0.016 in training, and MPC scored 0.20 of the oracle.
     "HalfCheetah": Recipe(
-        random_episodes=10,
+        random_episodes=40,
         random_max_steps=1000,
-        expert_episodes=6,
-        expert_max_steps=400,
+        expert_episodes=10,
+        expert_max_steps=500,
         expert_noise=0.1,
-        steps=4000,
+        steps=6000,
         window=24,
+        d_model=64,
+    ),
+    # Random episodes fall within ~20 steps (1000 of them: ~20k transitions); the noisy expert stands and
+    # hops slowly. The window holds the MPC history (8 steps) and the preset plan of 10 blocks of 4 held
+    # actions (40 steps), so that one window covers a planned rollout.
+    "Hopper": Recipe(
+        random_episodes=1000,
+        random_max_steps=1000,
+        expert_episodes=8,
+        expert_max_steps=500,
+        expert_noise=0.1,
+        steps=3000,
+        window=48,
+        n_layer=3,
         d_model=64,
     ),
 }
