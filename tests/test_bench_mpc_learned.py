@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("bench_mpc_learned", REPO / "benchmarks" / "mpc_learned.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_mpc_learned"] = bench  # dataclasses look their module up while the script runs
-_spec.loader.exec_module(bench)
+from bench_scripts import load
+
+bench = load("mpc_learned")
 
 
 def test_cached_ensemble_is_retrained_when_its_data_or_epochs_changed(tmp_path: Path) -> None:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("bench_pretrain", REPO / "benchmarks" / "pretrain.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_pretrain"] = bench  # dataclasses look their module up while the script runs
-_spec.loader.exec_module(bench)
+bench = load("pretrain")
 
 RESULTS = REPO / "benchmarks" / "results" / "pretrain.json"
 
