@@ -92,6 +92,11 @@ def mpc_learned(record: Record) -> str:
         notes.append(f"**Quick fallback models, not the shipped ones:** {', '.join(fallback)}.")
     notes.append("transformer/oracle is the plain ratio where the oracle's return is positive, else "
                  "(R − R_random) / (R_oracle − R_random).")  # fmt: skip
+    beats = [
+        f"{v['env']} {_verdict(v['beats_mlp'])}" for v in record["verdicts"] if v.get("beats_mlp_required")
+    ]
+    if beats:
+        notes.append(f"Target transformer ≥ MLP ensemble: {'; '.join(beats)}.")
     return f"{markdown_table(headers, cells)}\n\n{' '.join(notes)}"
 
 
