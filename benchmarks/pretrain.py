@@ -358,7 +358,12 @@ def markdown(
 def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
     """One record of several runs' envs; their settings other than ``envs``, ``name`` and ``out_dir``
     must agree (budget, models, seeds, device)."""
-    records = [json.loads(Path(p).read_text()) for p in paths]
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"cannot read the record {path}: {err}") from err
     ignored = {"envs", "name", "out_dir", "merge"}
 
     def settings(rec: dict[str, Any]) -> dict[str, Any]:
@@ -388,7 +393,7 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         "merged_from": [str(p) for p in paths],
         "command": " & ".join(
             f"python benchmarks/pretrain.py --envs {' '.join(rec['config']['envs'])} --device "
-            f"{rec['config']['device']} --name {rec['config']['name']}"
+            f"{rec['config']['device']} --num-threads {rec['config']['num_threads']} --name {rec['config']['name']}"
             for rec in records
         )
         + f" & wait; python benchmarks/pretrain.py --merge {' '.join(Path(p).name for p in paths)}",

@@ -53,3 +53,9 @@ def test_merging_runs_with_other_settings_is_refused(tmp_path: Path) -> None:
     paths[1].write_text(json.dumps(other))
     with pytest.raises(SystemExit, match=r"other settings than .*: budget, seed"):
         bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="merged"))
+
+
+def test_merging_a_missing_record_says_which(tmp_path: Path) -> None:
+    _, paths = _split(tmp_path)
+    with pytest.raises(SystemExit, match=r"cannot read the record .*nowhere\.json"):
+        bench.main(bench.BenchConfig(merge=(paths[0], tmp_path / "nowhere.json"), out_dir=tmp_path))
