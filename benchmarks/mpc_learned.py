@@ -21,6 +21,7 @@ Writes ``benchmarks/results/mpc_learned.{json,md,png}``.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -170,8 +171,6 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
     given = _given(cfg.mlp, env)
     if given is not None:
         return given, "given"
-    import json
-
     from maskctrl.data.dataset import TrajectoryDataset
     from maskctrl.models.ensemble import EnsembleConfig, save_ensemble
     from maskctrl.models.ensemble_training import train_ensemble
@@ -190,20 +189,21 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
         _loud(f"no recipe datasets for {env} in {cfg.recipe_dir}: the ensemble trains on fallback data")
         dirs = dirs or [_random_data(env, cfg.work_dir / "data" / env)]
         provenance = "trained here on fallback data"
+    sources = [str(d) for d in dirs]
     out = cfg.work_dir / "ensembles" / env
     if (out / "config.json").exists():  # reused only if trained on the very datasets it would train on now
         cached = json.loads((out / "config.json").read_text()).get("metadata", {})
-        if cached.get("data_dirs") == [str(d) for d in dirs] and cached.get("epochs") == cfg.ensemble_epochs:
+        if cached.get("data_dirs") == sources and cached.get("epochs") == cfg.ensemble_epochs:
             return out, f"{provenance} (cached)"
         _loud(f"the cached ensemble {out} was trained on other data or epochs: training it again")
-    dataset = TrajectoryDataset([str(d) for d in dirs], window=1, split="all")
+    dataset = TrajectoryDataset(sources, window=1, split="all")
     normalizer = dataset.normalizer()
     model, history = train_ensemble(
         dataset, EnsembleConfig(epochs=cfg.ensemble_epochs), normalizer, seed=cfg.seed, progress=False
     )
     metadata = {
         "env_name": env,
-        "data_dirs": [str(d) for d in dirs],
+        "data_dirs": sources,
         "epochs": cfg.ensemble_epochs,
         "elites": history.elites,
     }

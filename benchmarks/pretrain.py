@@ -370,12 +370,10 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         return {k: v for k, v in rec["config"].items() if k not in ignored} | {"budget": rec["budget"]}
 
     first = records[0]
+    expected = settings(first)
     for path, rec in zip(paths[1:], records[1:], strict=True):
-        diff = sorted(
-            k
-            for k in settings(first).keys() | settings(rec).keys()
-            if settings(first).get(k) != settings(rec).get(k)
-        )
+        given = settings(rec)
+        diff = sorted(k for k in expected.keys() | given.keys() if expected.get(k) != given.get(k))
         if diff:
             raise SystemExit(f"{path} was run with other settings than {paths[0]}: {', '.join(diff)}")
     envs = [env for rec in records for env in rec["envs"]]
