@@ -35,10 +35,12 @@ def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
     assert pretrain.main(["--data", str(data), "--out", str(single), *ARGS]) == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = tmp_path / "torchrun-logs"  # each rank's own stdout/stderr, for the message if a rank fails
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    launch += ["--log-dir", str(logs), "--redirects", "3", "--tee", "3"]
     command = [*launch, "-m", "maskctrl.commands.pretrain", "--data", str(data), "--out", str(multi), *ARGS]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _rank_logs(logs) + "\ntorchrun:\n" + done.stderr[-3000:]
     assert done.stdout.count("checkpoint:") == 1  # only rank 0 reports
 
     rows_single, rows_multi = (list(csv.DictReader((out / "log.csv").open())) for out in (single, multi))
@@ -58,6 +60,14 @@ def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
     assert diff < WEIGHT_TOL < moved  # trained, and trained alike
     assert load_checkpoint(multi / "checkpoint").metadata["world_size"] == 2
     assert not any(p.name.startswith(".checkpoint") for p in multi.iterdir())
+
+
+def _rank_logs(root: Path) -> str:
+    """The tail of every rank's stderr under torchrun's ``--log-dir``."""
+    parts = [
+        f"{path.relative_to(root)}:\n{path.read_text()[-2000:]}" for path in sorted(root.rglob("stderr.log"))
+    ]
+    return "\n".join(parts) or f"no rank logs under {root}"
 
 
 def _initial() -> dict[str, torch.Tensor]:
