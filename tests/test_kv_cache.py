@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from maskctrl.models.kv_cache import decode, encode_prefix, imagine, imagine_recompute
+from maskctrl.models.kv_cache import FoldedProjections, decode, encode_prefix, imagine, imagine_recompute
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
 
 CONFIGS = [
@@ -140,6 +140,48 @@ def test_expand_refers_to_the_prefix_and_decoding_one_token_at_a_time_matches_th
             torch.testing.assert_close(hidden[i][:, c, 0], ref[:, token], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="decode cache holds 3 tokens, 3 used, 1 more given"):
         decode(model, cache, model.embed_obs(o4, 5).unsqueeze(2))
+
+
+def test_decoding_the_last_token_only_caches_every_token_and_gives_the_same_output() -> None:
+    model = make(3, 2, 32, seed=6)
+    obs, act, valid = history(2, 4, True, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    a3, o4, a4, o5 = (torch.randn(2, 3, d, generator=gen) for d in (3, 5, 3, 5))
+    caches, outs = [], []
+    for last_only in (False, True):
+        cache = encode_prefix(model, obs, act, valid).expand(3, 4)
+        decode(model, cache, model.embed_act(a3, 3).unsqueeze(2), last_only=last_only)
+        pair = torch.stack([model.embed_obs(o4, 4), model.embed_act(a4, 4)], dim=2)  # [B, N, 2, D]
+        out = decode(model, cache, pair, last_only=last_only)
+        later = decode(model, cache, model.embed_obs(o5, 5).unsqueeze(2))  # reads what was cached
+        caches.append(cache)
+        outs.append((out[:, :, -1:], later))
+    assert outs[1][0].shape == (2, 3, 1, 32)  # the last token alone
+    assert caches[1].length == caches[0].length == 4
+    for full, last in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values, strict=True):
+        torch.testing.assert_close(last[:, :, :, :4], full[:, :, :, :4], rtol=0, atol=1e-6)
+    for full, last in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_folded_projections_decode_like_the_model_projections(rotary: bool) -> None:
+    model = make(2, 4, 32, seed=9, rotary=rotary)
+    obs, act, valid = history(2, 3, True, seed=10)
+    folded = FoldedProjections(model)
+    gen = torch.Generator().manual_seed(11)
+    a2, o3, a3 = (torch.randn(2, 4, d, generator=gen) for d in (3, 5, 3))
+    results = []
+    for projections in (None, folded):
+        cache = encode_prefix(model, obs, act, valid).expand(4, 3)
+        first = decode(model, cache, model.embed_act(a2, 2).unsqueeze(2), folded=projections)
+        pair = torch.stack([model.embed_obs(o3, 3), model.embed_act(a3, 3)], dim=2)
+        results.append((first, decode(model, cache, pair, folded=projections), *cache.keys, *cache.values))
+    for plain, fast in zip(*results, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    assert folded.at(5, 2) is folded.at(5, 2)  # built once per position span
+    weight, bias = folded.at(5, 2)[0]
+    assert weight.shape == (2, 32, 96) and bias.shape == (2, 1, 96)  # [q, D, 3D], [q, 1, 3D]
 
 
 def test_errors_for_context_overflow_and_bad_shapes() -> None:

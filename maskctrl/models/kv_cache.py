@@ -24,7 +24,7 @@ from typing import cast
 import torch
 
 from maskctrl.models import masks
-from maskctrl.models.transformer import Block, MaskedControlTransformer, Rotary, with_pending_action
+from maskctrl.models.transformer import Block, MaskedControlTransformer, Rotary, rotate, with_pending_action
 
 NextObsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Maps ``(obs [..., O], predicted delta [..., O])`` to the next observation token ``[..., O]``."""
@@ -91,6 +91,51 @@ class DecodeCache:
     """Number of imagined tokens decoded so far."""
 
 
+class FoldedProjections:
+    """Each block's query/key/value projection per token position, with the rotary rotation and the
+    attention scale ``1/sqrt(hd)`` folded into the weights.
+
+    The rotation of a query or key is linear in it, so ``rotate(W x + b) = (R_p W) x + R_p b`` for the
+    position's rotation ``R_p``: decoding then projects each new token with one batched matmul and skips
+    the rotary and scaling kernels (about an eighth of a CPU rollout). Tables are built lazily for the
+    positions decoded and kept; they are a snapshot of the weights, so make a new instance after
+    changing them.
+    """
+
+    def __init__(self, model: MaskedControlTransformer) -> None:
+        self.model = model
+        self._tables: dict[tuple[int, int, torch.dtype], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @torch.no_grad()
+    def at(self, first: int, q_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block, weights ``[q, D, 3D]`` and biases ``[q, 1, 3D]`` for token positions
+        ``first .. first + q_len - 1`` of the window (for ``torch.baddbmm``)."""
+        dtype = self.model.modality.dtype
+        key = (first, q_len, dtype)
+        tables = self._tables.get(key)
+        if tables is None:
+            tables = self._tables[key] = [self._fold(block, first, q_len) for block in _blocks(self.model)]
+        return tables
+
+    def _fold(self, block: Block, first: int, q_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = block.attn
+        weight, bias = attn.qkv.weight, attn.qkv.bias  # [3D, D], [3D]
+        width = weight.shape[1]
+        n_head = attn.n_head
+        head_dim = width // n_head
+        rotary = self.model.rotary_at(torch.arange(first, first + q_len, device=weight.device))
+        w = weight.t().reshape(1, width, 3, n_head, head_dim).expand(q_len, -1, -1, -1, -1)
+        b = bias.reshape(1, 1, 3, n_head, head_dim).expand(q_len, -1, -1, -1, -1)
+        scale = torch.tensor([1.0 / math.sqrt(head_dim), 1.0, 1.0], dtype=weight.dtype, device=weight.device)
+        scale = scale.view(1, 1, 3, 1, 1)
+        if rotary is not None:  # [q, hd] tables, broadcast over the input channels and the heads
+            cos, sin = (t.view(q_len, 1, 1, 1, head_dim) for t in rotary)
+            w = torch.cat([rotate(w[:, :, :2], (cos, sin)), w[:, :, 2:]], dim=2)
+            b = torch.cat([rotate(b[:, :, :2], (cos, sin)), b[:, :, 2:]], dim=2)
+        w, b = (t * scale for t in (w, b))
+        return w.reshape(q_len, width, 3 * width).contiguous(), b.reshape(q_len, 1, 3 * width).contiguous()
+
+
 @torch.no_grad()
 def encode_prefix(
     model: MaskedControlTransformer,
@@ -143,25 +188,39 @@ def _decode_block(
     layer: int,
     rotary: Rotary | None,
     later: torch.Tensor | None,
+    last_only: bool = False,
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One block over new tokens ``x [B, N, q, D]``, appending their keys and values to the cache.
 
     ``later``: bool ``[q, S]``, True where a new token must not see an imagined token (None for q = 1).
+    ``last_only``: the keys and values of every new token are cached, but attention and MLP run for the
+    last token alone and ``[B, N, 1, D]`` is returned (the final block, when only the last token's
+    output is read). ``folded``: this block's :class:`FoldedProjections` weights and biases for the new
+    tokens' positions (then ``rotary`` is not used).
     """
-    batch, n, q_len, _ = x.shape
+    batch, n, q_len, width = x.shape
     attn = block.attn
-    q, k, v = attn.split_heads(block.ln_1(x), rotary)  # [B, N, h, q, hd] each
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, h, N, q, hd]
+    if folded is None:
+        q, k, v = attn.split_heads(block.ln_1(x), rotary)  # [B, N, h, q, hd] each
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, h, N, q, hd]
+        q = q * (1.0 / math.sqrt(q.shape[-1]))
+    else:  # one matmul per token position, rotated and scaled already
+        tokens = block.ln_1(x).permute(2, 0, 1, 3).reshape(q_len, batch * n, width)  # [q, B*N, D]
+        qkv = torch.baddbmm(folded[1], tokens, folded[0])  # [q, B*N, 3D]
+        qkv = qkv.view(q_len, batch, n, 3, attn.n_head, width // attn.n_head)
+        q, k, v = qkv.permute(3, 1, 4, 2, 0, 5).unbind(0)  # [B, h, N, q, hd] each
     start, end = cache.length, cache.length + q_len
     cache.keys[layer][:, :, :, start:end] = k
     cache.values[layer][:, :, :, start:end] = v
     new_k = cache.keys[layer][:, :, :, :end]  # [B, h, N, S, hd]
     new_v = cache.values[layer][:, :, :, :end]
+    if last_only and q_len > 1:  # the last token sees every new token: no mask
+        q, x, later, q_len = q[:, :, :, -1:], x[:, :, -1:], None, 1
     prefix_k, prefix_v = cache.prefix.keys[layer], cache.prefix.values[layer]  # [B, h, P, hd]
     n_head, head_dim = q.shape[1], q.shape[-1]
     n_prefix = prefix_k.shape[2]
 
-    q = q * (1.0 / math.sqrt(head_dim))
     # Candidates folded into the query length: one matmul against the shared, un-expanded prefix.
     q_flat = q.reshape(batch, n_head, n * q_len, head_dim)  # [B, h, N*q, hd]
     scores_prefix = (q_flat @ prefix_k.transpose(-1, -2)).view(batch, n_head, n, q_len, n_prefix)
@@ -178,25 +237,44 @@ def _decode_block(
 
 
 @torch.no_grad()
-def decode(model: MaskedControlTransformer, cache: DecodeCache, tokens: torch.Tensor) -> torch.Tensor:
+def decode(
+    model: MaskedControlTransformer,
+    cache: DecodeCache,
+    tokens: torch.Tensor,
+    *,
+    last_only: bool = False,
+    folded: FoldedProjections | None = None,
+) -> torch.Tensor:
     """Decode new input tokens ``[B, N, q, D]`` (from ``embed_obs``/``embed_act``) on top of the cache.
 
     Each new token attends to the valid prefix, to the candidate's earlier imagined tokens and causally
-    to the tokens given with it. Returns final hidden states ``[B, N, q, D]`` for the heads.
+    to the tokens given with it. Returns final hidden states ``[B, N, q, D]`` for the heads, or with
+    ``last_only`` those of the last token alone, ``[B, N, 1, D]``: the final block then skips attention
+    and MLP for the others (whose keys and values it still caches), the same result for less work.
+    ``folded``: project with these :class:`FoldedProjections` of ``model`` (faster, same result).
     """
     q_len = tokens.shape[2]
     capacity = cache.keys[0].shape[3]
     if cache.length + q_len > capacity:
         raise ValueError(f"decode cache holds {capacity} tokens, {cache.length} used, {q_len} more given")
     first = cache.prefix.keys[0].shape[2] + cache.length  # window token index of tokens[:, :, 0]
-    rotary = model.rotary_at(torch.arange(first, first + q_len, device=tokens.device))
+    tables = None if folded is None else folded.at(first, q_len)
+    rotary = (
+        None
+        if tables is not None
+        else model.rotary_at(torch.arange(first, first + q_len, device=tokens.device))
+    )
     end = cache.length + q_len
     later = None  # one causal mask among the new tokens, shared by the layers
     if q_len > 1:
         later = torch.ones(q_len, end, dtype=torch.bool, device=tokens.device).triu(cache.length + 1)
     x = tokens
-    for layer, block in enumerate(_blocks(model)):
-        x = _decode_block(block, x, cache, layer, rotary, later)
+    blocks = _blocks(model)
+    for layer, block in enumerate(blocks):
+        last = last_only and layer == len(blocks) - 1
+        x = _decode_block(
+            block, x, cache, layer, rotary, later, last, None if tables is None else tables[layer]
+        )
     cache.length += q_len
     return model.ln_f(x)
 
@@ -269,6 +347,7 @@ def imagine(
     batch, n, horizon = actions.shape[:3]
     prefix = encode_prefix(model, obs, act, valid)
     cache = prefix.expand(n, 2 * horizon - 1)
+    folded = FoldedProjections(model)
     step = prefix.next_step
     current = prefix.last_obs.unsqueeze(1).expand(batch, n, -1)  # [B, N, O]
     tokens = model.embed_act(actions[:, :, 0], step).unsqueeze(2)  # [B, N, 1, D]
@@ -278,7 +357,7 @@ def imagine(
             obs_tok = model.embed_obs(current, step + h)  # [B, N, D]
             act_tok = model.embed_act(actions[:, :, h], step + h)  # [B, N, D]
             tokens = torch.stack([obs_tok, act_tok], dim=2)  # [B, N, 2, D]
-        out = decode(model, cache, tokens)[:, :, -1]  # [B, N, D] at the action token
+        out = decode(model, cache, tokens, last_only=True, folded=folded)[:, :, -1]  # [B, N, D]: action token
         delta = model.heads.delta_obs(out)
         current = next_obs_fn(current, delta)
         for part, value in zip(parts, (current, delta, model.heads.reward(out).squeeze(-1)), strict=True):

@@ -22,9 +22,12 @@ CUDA graphs. On a GPU the decoding of a window is hundreds of tiny kernels whose
 arithmetic, set the speed (an H200 ran the default HalfCheetah model's N=512, H=15 rollout in 54 ms
 eagerly, of which 7 ms was GPU work). With ``cuda_graphs`` (the default on CUDA) the decoding of each
 window shape is captured once into a :class:`torch.cuda.CUDAGraph` and replayed: the encoded prefix and
-the candidates are copied into the graph's input buffers, the outputs copied out. Graphs capture the
-model's parameter storage, so in-place weight updates are seen but replaced parameter tensors are not:
-build a new :class:`TransformerDynamics` after loading other weights.
+the candidates are copied into the graph's input buffers, the outputs copied out.
+
+Weights. Decoding projects queries, keys and values with per-position copies of the weights that have
+the rotary rotation folded in (:class:`~maskctrl.models.kv_cache.FoldedProjections`), and graphs capture
+the parameter storage: the instance is a snapshot of the model, so build a new
+:class:`TransformerDynamics` after changing or loading weights.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.models.checkpoint import CheckpointError, load_checkpoint
-from maskctrl.models.kv_cache import PrefixCache, decode, encode_prefix, imagine_recompute
+from maskctrl.models.kv_cache import FoldedProjections, PrefixCache, decode, encode_prefix, imagine_recompute
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.transformer import MaskedControlTransformer
 from maskctrl.planner.dynamics import History, Rollout, previous_observations
@@ -152,6 +155,7 @@ class TransformerDynamics:
         self._delta_scale = norm.delta_std / norm.obs_std  # [O]
         self._delta_shift = norm.delta_mean / norm.obs_std  # [O]
         self._prefix: tuple[History, int, PrefixCache] | None = None
+        self._folded = FoldedProjections(model)  # a snapshot of the projection weights
 
     @classmethod
     def from_checkpoint(
@@ -365,7 +369,7 @@ class TransformerDynamics:
             if cand is None:
                 assert noise is not None
                 if obs_tok is not None:
-                    obs_hidden = decode(model, cache, obs_tok)[:, :, -1]
+                    obs_hidden = decode(model, cache, obs_tok, folded=self._folded)[:, :, -1]
                 assert obs_hidden is not None
                 action = self._clip(heads.policy(obs_hidden).float() + noise[:, :, h])  # [R,M,A]
                 tokens = model.embed_act(action, step).unsqueeze(2)  # [R,M,1,D]
@@ -373,7 +377,7 @@ class TransformerDynamics:
                 action = cand[:, :, h]
                 act_tok = model.embed_act(action, step).unsqueeze(2)
                 tokens = act_tok if obs_tok is None else torch.cat([obs_tok, act_tok], dim=2)
-            out = decode(model, cache, tokens)[:, :, -1]  # [R,M,D] at the action token
+            out = decode(model, cache, tokens, last_only=True, folded=self._folded)[:, :, -1]  # action token
             current = self._next_token(current, heads.delta_obs(out).float())
             # The reward head is skipped when the spec scores the rollout (zeros keep the shapes).
             reward = (
