@@ -14,6 +14,7 @@ from maskctrl.commands.mpc import main
 from maskctrl.envs.registry import get_spec
 from maskctrl.models.ensemble import EnsembleConfig, EnsembleMLP, save_ensemble
 from maskctrl.planner.presets import BUDGETS
+from maskctrl.recipes import CHECKPOINT_ROOT
 
 TINY = ["--env", "pointmass", "--horizon", "8", "--samples", "32", "--iterations", "2", "--no-progress"]
 
@@ -99,10 +100,22 @@ def test_transformer_policy_prior_flag(tmp_path: Path) -> None:
     assert record["mpc"]["policy_prior_fraction"] == 0.25
 
 
+def test_transformer_defaults_to_the_shipped_backbone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--env", "InvertedPendulum", "--dynamics", "transformer", "--samples", "8", "--horizon", "4"]
+    args += ["--iterations", "1", "--episodes", "1", "--max-steps", "2", "--plot-step", "-1", "--no-progress"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    shipped = CHECKPOINT_ROOT / "InvertedPendulum"
+    assert f"using the shipped backbone {shipped}" in capsys.readouterr().err
+    record = json.loads((tmp_path / "InvertedPendulum_transformer_icem_seed0.json").read_text())
+    assert record["config"]["checkpoint"] == str(shipped)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--dynamics", "transformer"], "--dynamics transformer needs --checkpoint DIR"),
+        (["--dynamics", "transformer"], "without --checkpoint: no default checkpoint for env 'pointmass'"),
         (["--dynamics", "mlp"], "--dynamics mlp needs --checkpoint DIR"),
         (["--dynamics", "transformer", "--checkpoint", "missing"], "no checkpoint at missing"),
         (["--dynamics", "mlp", "--checkpoint", "ckpt", "--policy-prior-fraction", "0.5"], "policy_samples"),

@@ -54,7 +54,8 @@ class MPCCommandConfig:
     """Dynamics model: "oracle" (the true simulator), "transformer" (TransformerDynamics) or "mlp"
     (the PETS-style ensemble, MLPDynamics)."""
     checkpoint: Path | None = None
-    """Checkpoint directory of the learned dynamics (needed for transformer and mlp)."""
+    """Checkpoint directory of the learned dynamics (needed for mlp; transformer defaults to the env's
+    shipped backbone, maskctrl/checkpoints/<Env>)."""
     optimizer: Literal["cem", "icem", "mppi"] = "icem"
     """Trajectory optimizer."""
     episodes: int = 3
@@ -362,7 +363,18 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         device = resolve_device(cfg.device)
     except ValueError as err:
         raise CommandError(f"--device: {err}") from err
-    return replace(cfg, device=str(device))
+    checkpoint = cfg.checkpoint
+    if cfg.dynamics == "transformer" and checkpoint is None:
+        import maskctrl.envs  # noqa: F401  (registers the built-in envs)
+        from maskctrl.envs.registry import get_spec
+        from maskctrl.recipes import default_checkpoint
+
+        try:
+            checkpoint = default_checkpoint(get_spec(cfg.env).name)
+        except FileNotFoundError as err:
+            raise CommandError(f"--dynamics transformer without --checkpoint: {err}") from err
+        print(f"maskctrl mpc: using the shipped backbone {checkpoint}", file=sys.stderr)
+    return replace(cfg, device=str(device), checkpoint=checkpoint)
 
 
 def run(cfg: MPCCommandConfig) -> dict[str, Any]:
