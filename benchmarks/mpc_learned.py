@@ -165,6 +165,15 @@ def _random_data(env: str, out: Path, episodes: int = 20, max_steps: int = 200) 
     return out
 
 
+def recipe_datasets(env: str, recipe_dir: Path) -> list[Path]:
+    """The datasets the shipped backbone of ``env`` was trained on, as its metadata lists them, under
+    ``recipe_dir / env``; empty when it lists none or one of them is missing."""
+    config = CHECKPOINT_ROOT / env / "config.json"
+    names = json.loads(config.read_text()).get("metadata", {}).get("datasets") if config.exists() else None
+    dirs = [recipe_dir / env / name for name in names or []]
+    return dirs if all((d / "metadata.json").exists() for d in dirs) else []
+
+
 def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
     """``(directory, provenance)`` of the MLP ensemble: given, cached, or trained here on the datasets of
     the default transformer (``recipe_dir``), of the fallback recipe, or (last resort) random episodes."""
@@ -179,9 +188,9 @@ def ensemble_checkpoint(env: str, cfg: BenchConfig) -> tuple[Path, str]:
         return [d for d in data_dirs(env, root, recipe) if (d / "metadata.json").exists()]
 
     primary: list[Path] = []
-    fallback: list[Path] = []  # envs without a recipe (Hopper) have neither
+    fallback: list[Path] = []  # envs without a recipe have neither
     if env in RECIPES:
-        primary = collected(cfg.recipe_dir, RECIPES[env])
+        primary = recipe_datasets(env, cfg.recipe_dir) or collected(cfg.recipe_dir, RECIPES[env])
         fallback = collected(cfg.work_dir / "recipes", scaled(RECIPES[env], cfg.fallback_scale))
     dirs = primary or fallback
     provenance = "trained here on the default transformer's datasets"

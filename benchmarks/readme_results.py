@@ -266,7 +266,7 @@ def render_checkpoints(root: Path) -> str:
         model, meta = saved["model"], saved.get("metadata", {})
         data = meta.get("data", {})
         episodes = " + ".join(
-            f"{d['summary']['n_episodes']} {kind}" for kind, d in data.items() if "summary" in d
+            f"{d['summary']['n_episodes']} {_data_kind(kind)}" for kind, d in data.items() if "summary" in d
         )
         val = meta.get("val_losses") or {}
         size = sum(p.stat().st_size for p in config.parent.iterdir() if p.is_file()) / 1e6
@@ -281,13 +281,18 @@ def render_checkpoints(root: Path) -> str:
         ])  # fmt: skip
     if not cells:
         return "*No default checkpoint is shipped yet:* build them with `make checkpoints`."
-    headers = ["env", "layers × width", "size", "episodes (random + expert)", "steps", "val forward loss"]
+    headers = ["env", "layers × width", "size", "episodes", "steps", "val forward loss"]
     headers += ["pretraining", "MPC score"]
     note = (
         "MPC score: `(R_transformer − R_random) / (R_oracle − R_random)` of MPC with the backbone as world "
         "model, next to random actions and oracle MPC at the same budget, as the recipe recorded it"
     )
     return markdown_table(headers, cells) + (f"\n\n{note} ({'; '.join(scored)})." if scored else "")
+
+
+def _data_kind(kind: str) -> str:
+    """``random``, ``expert``, or ``planner<r>`` (the recipe's planner round r) as the table says it."""
+    return f"own-planner (round {kind[len('planner') :]})" if kind.startswith("planner") else kind
 
 
 def _transformer_score(score: dict[str, Any] | None) -> str:

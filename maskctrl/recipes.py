@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import subprocess
 import sys
 import time
@@ -63,6 +64,17 @@ class Recipe:
     """Attention heads."""
     lr: float = 1e-3
     """Peak learning rate."""
+    planner_rounds: int = 0
+    """Rounds of data from the model's own planner: each collects :attr:`planner_episodes` episodes of MPC
+    with the last trained backbone as the world model, then trains a fresh backbone on every dataset so
+    far. The planner drives the model into the states where its errors pay, so that is where the next
+    model gets data (0: one training on random and expert data only)."""
+    planner_episodes: int = 4
+    """Episodes per planner round."""
+    planner_max_steps: int = 400
+    """Cap on a planner episode's length."""
+    planner_noise: float = 0.05
+    """Gaussian action noise on the planner, as a fraction of half the action range."""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -168,13 +180,25 @@ def scaled(recipe: Recipe, scale: float) -> Recipe:
         expert_episodes=s(recipe.expert_episodes, 1),
         expert_max_steps=s(recipe.expert_max_steps, 20),
         steps=s(recipe.steps, 20),
+        planner_episodes=s(recipe.planner_episodes, 1),
+        planner_max_steps=s(recipe.planner_max_steps, 20),
     )
 
 
 def _collect(
-    env: str, out: Path, *, expert: bool, recipe: Recipe, seed: int, progress: bool
+    env: str,
+    out: Path,
+    *,
+    expert: bool,
+    recipe: Recipe,
+    seed: int,
+    progress: bool,
+    planner_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Collect one dataset into ``out`` unless a complete one is there; return its summary and seconds."""
+    """Collect one dataset into ``out`` unless a complete one is there; return its summary and seconds.
+
+    Random episodes, oracle-MPC episodes (``expert``), or MPC episodes with the backbone at
+    ``planner_model`` as the world model."""
     from maskctrl.commands.collect import CollectConfig, oracle_mpc_factory
     from maskctrl.data.collect import collect_episodes
     from maskctrl.data.episodes import load_episodes, save_episodes
@@ -182,7 +206,18 @@ def _collect(
     if (out / "metadata.json").exists():
         return {"summary": load_episodes(out).summary(), "seconds": None, "cached": True}
     start = time.perf_counter()
-    if expert:
+    if planner_model is not None:
+        data = collect_episodes(
+            env,
+            _transformer_mpc_factory(env, planner_model),
+            n_episodes=recipe.planner_episodes,
+            seed=seed,
+            action_noise=recipe.planner_noise,
+            max_steps=recipe.planner_max_steps,
+            progress=progress,
+            policy_name=f"transformer-mpc (preset) over {planner_model}",
+        )
+    elif expert:
         policy: Any = oracle_mpc_factory(CollectConfig(env=env, policy="oracle-mpc", seed=seed, out=out))
         data = collect_episodes(
             env,
@@ -205,6 +240,22 @@ def _collect(
         )
     save_episodes(data, out)
     return {"summary": data.summary(), "seconds": time.perf_counter() - start, "cached": False}
+
+
+def _transformer_mpc_factory(env: str, checkpoint: Path) -> Any:
+    """A policy factory: the env's preset MPC with the backbone at ``checkpoint`` as the world model."""
+    from maskctrl.envs.registry import get_spec
+    from maskctrl.planner.mpc import MPCController
+    from maskctrl.planner.presets import preset_config
+    from maskctrl.planner.transformer_dynamics import TransformerDynamics
+
+    spec = get_spec(env)
+
+    def build(envs: Any) -> Any:
+        dynamics = TransformerDynamics.from_checkpoint(checkpoint, spec, env=envs[0])
+        return MPCController(dynamics, spec, envs[0].action_space, preset_config(env))
+
+    return build
 
 
 def _git_commit() -> str | None:
@@ -242,9 +293,9 @@ def data_dirs(env: str, work_dir: Path, recipe: Recipe | None = None, *, seed: i
 def build(env: str, cfg: RecipeConfig) -> Path:
     """Build ``env``'s default backbone as :data:`RECIPES` says; return the exported checkpoint directory."""
     from maskctrl.data.collect import package_versions
-    from maskctrl.models.checkpoint import load_checkpoint, save_checkpoint
+    from maskctrl.models.checkpoint import load_checkpoint, read_config, save_checkpoint
     from maskctrl.models.objectives import ObjectiveWeights
-    from maskctrl.pretrain import PretrainConfig, pretrain
+    from maskctrl.planner.presets import objective_tag
 
     if env not in RECIPES:
         raise KeyError(f"no recipe for env {env!r}; recipes exist for {', '.join(RECIPES)}")
@@ -257,36 +308,37 @@ def build(env: str, cfg: RecipeConfig) -> Path:
         "expert": _collect(env, expert_dir, expert=True, recipe=recipe, seed=cfg.seed, progress=cfg.progress),
     }
     weights = ObjectiveWeights(policy=0.5)
-    train = PretrainConfig(
-        data=(random_dir, expert_dir),
-        out=cfg.work_dir / env / "run",
-        steps=recipe.steps,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        warmup_steps=min(200, recipe.steps // 10),
-        window=recipe.window,
-        n_layer=recipe.n_layer,
-        n_head=recipe.n_head,
-        d_model=recipe.d_model,
-        weights=weights,
-        val_every=max(1, recipe.steps // 4),
-        checkpoint_every=0,
-        seed=cfg.seed,
-        device="cpu",
-        num_threads=cfg.threads,
-        overwrite=True,
-        progress=cfg.progress,
-        tensorboard=False,
-    )
-    result = pretrain(train)
+    datasets = [random_dir, expert_dir]
+    runs: list[dict[str, Any]] = []
+
+    def train(name: str) -> PretrainResult:
+        result, cached = _train(tuple(datasets), cfg.work_dir / env / name, recipe, weights, cfg)
+        runs.append({"run": name, "cached": cached, "val_losses": result.val_losses,
+                     "train_seconds": result.wall_time_s})  # fmt: skip
+        return result
+
+    result = train("run")
+    for r in range(1, recipe.planner_rounds + 1):
+        model_sha = read_config(result.checkpoint)["weights_sha256"]
+        # Keyed by the model that planned, so that a retrained predecessor collects afresh.
+        name = f"planner{r}-{recipe.planner_episodes}x{recipe.planner_max_steps}-noise{recipe.planner_noise}"
+        planner_dir = cfg.work_dir / env / f"{name}-{objective_tag(env)}-seed{cfg.seed}-model{model_sha[:12]}"
+        data[f"planner{r}"] = _collect(
+            env, planner_dir, expert=False, recipe=recipe, seed=cfg.seed + 20_000 + 1000 * r,
+            progress=cfg.progress, planner_model=result.checkpoint,
+        )  # fmt: skip
+        datasets.append(planner_dir)
+        result = train(f"run{r}")
     trained = load_checkpoint(result.checkpoint)
     metadata = {
         "recipe": dataclasses.asdict(recipe),
         "objective_weights": dataclasses.asdict(weights),
         "data": data,
+        "datasets": [str(path.relative_to(cfg.work_dir / env)) for path in datasets],
+        "runs": runs,
         "train_losses": result.train_losses,
         "val_losses": result.val_losses,
-        "train_seconds": result.wall_time_s,
+        "train_seconds": sum(float(r["train_seconds"]) for r in runs),
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "built_by": "python -m maskctrl.recipes (make checkpoints)",
         "git_commit": _git_commit(),
@@ -306,6 +358,49 @@ def build(env: str, cfg: RecipeConfig) -> Path:
     if cfg.score_episodes > 0:
         score(env, dest, cfg)
     return dest
+
+
+def _train(
+    datasets: tuple[Path, ...], out: Path, recipe: Recipe, weights: Any, cfg: RecipeConfig
+) -> tuple[PretrainResult, bool]:
+    """Pretrain a fresh backbone on ``datasets`` into the run directory ``out``; a finished run there made
+    with the same settings (everything but the progress bar) is reused instead, and says so."""
+    from maskctrl.pretrain import PretrainConfig, PretrainResult, pretrain
+    from maskctrl.training.run_dir import config_to_json
+
+    train = PretrainConfig(
+        data=datasets,
+        out=out,
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=min(200, recipe.steps // 10),
+        window=recipe.window,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        d_model=recipe.d_model,
+        weights=weights,
+        val_every=max(1, recipe.steps // 4),
+        checkpoint_every=0,
+        seed=cfg.seed,
+        device="cpu",
+        num_threads=cfg.threads,
+        overwrite=True,
+        progress=cfg.progress,
+        tensorboard=False,
+    )
+    saved = out / "checkpoint" / "config.json"
+    if saved.exists():
+        meta = json.loads(saved.read_text()).get("metadata", {})
+        wanted = {k: v for k, v in config_to_json(train).items() if k != "progress"}
+        if meta.get("finished") and {k: meta.get("config", {}).get(k) for k in wanted} == wanted:
+            print(f"reusing the finished run {out} (same data and settings)", file=sys.stderr)
+            result = PretrainResult(
+                checkpoint=saved.parent, step=meta["steps"], train_losses=meta["train_losses"],
+                val_losses=meta["val_losses"], wall_time_s=meta["wall_time_s"],
+            )  # fmt: skip
+            return result, True
+    return pretrain(train), False
 
 
 def score(env: str, checkpoint: Path, cfg: RecipeConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from bench_scripts import load
 
 bench = load("mpc_learned")
@@ -30,3 +31,22 @@ def test_cached_ensemble_is_retrained_when_its_data_or_epochs_changed(tmp_path: 
     (path / "config.json").write_text(json.dumps(saved))
     _, provenance = bench.ensemble_checkpoint("pointmass", replace(cfg, ensemble_epochs=2))
     assert "cached" not in provenance
+
+
+def test_ensemble_datasets_are_the_ones_the_shipped_backbone_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped, recipes = tmp_path / "checkpoints", tmp_path / "recipes"
+    (shipped / "Reacher").mkdir(parents=True)
+    names = ["random-a", "expert-b", "planner1-c"]
+    config = {"metadata": {"datasets": names}}
+    (shipped / "Reacher" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(bench, "CHECKPOINT_ROOT", shipped)
+    for name in names[:2]:
+        (recipes / "Reacher" / name).mkdir(parents=True)
+        (recipes / "Reacher" / name / "metadata.json").write_text("{}")
+    assert bench.recipe_datasets("Reacher", recipes) == []  # one is missing: not the shipped model's data
+    (recipes / "Reacher" / names[2]).mkdir()
+    (recipes / "Reacher" / names[2] / "metadata.json").write_text("{}")
+    assert bench.recipe_datasets("Reacher", recipes) == [recipes / "Reacher" / n for n in names]
+    assert bench.recipe_datasets("Hopper", recipes) == []  # no shipped config lists any

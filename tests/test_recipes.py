@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import pytest
 
-from maskctrl.models.checkpoint import load_checkpoint
-from maskctrl.recipes import RECIPES, RecipeConfig, build, default_checkpoint, main, random_data_backbone
+from maskctrl.models.checkpoint import load_checkpoint, read_config
+from maskctrl.recipes import (
+    RECIPES,
+    RecipeConfig,
+    build,
+    data_dirs,
+    default_checkpoint,
+    main,
+    random_data_backbone,
+    scaled,
+)
 
 
 def _sha(path: Path) -> str:
@@ -44,6 +54,35 @@ def test_tiny_recipe_builds_a_loadable_scored_checkpoint(tmp_path: Path) -> None
     assert _sha(dest / "model.safetensors") == weights
     assert sorted(p.name for p in (tmp_path / "work" / "Reacher").iterdir()) == datasets
     assert load_checkpoint(dest).metadata["score"]["how"].endswith("--max-steps 2")
+
+
+def test_planner_round_collects_with_the_first_model_and_a_rebuild_reuses_finished_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(RECIPES, "Reacher", dataclasses.replace(RECIPES["Reacher"], planner_rounds=1))
+    cfg = RecipeConfig(
+        envs=("Reacher",), work_dir=tmp_path / "work", out_root=tmp_path / "ckpt", scale=0.01,
+        score_episodes=0, progress=False,
+    )  # fmt: skip
+    dest = build("Reacher", cfg)
+    meta = load_checkpoint(dest).metadata
+    first_sha = read_config(tmp_path / "work" / "Reacher" / "run" / "checkpoint")["weights_sha256"]
+    planner = meta["datasets"][2]
+    assert meta["datasets"][:2] == [
+        p.name for p in data_dirs("Reacher", cfg.work_dir, scaled(RECIPES["Reacher"], 0.01))
+    ]
+    assert planner.startswith("planner1-1x20-") and planner.endswith(first_sha[:12])
+    assert meta["data"]["planner1"]["summary"]["n_episodes"] == 1
+    assert [(r["run"], r["cached"]) for r in meta["runs"]] == [("run", False), ("run1", False)]
+    run1 = load_checkpoint(tmp_path / "work" / "Reacher" / "run1" / "checkpoint").metadata
+    assert [Path(d).name for d in run1["data_dirs"]] == meta["datasets"]  # the second model saw all three
+    weights = _sha(dest / "model.safetensors")
+    capsys.readouterr()
+    build("Reacher", cfg)  # nothing changed: both runs and the planner's episodes are reused
+    assert capsys.readouterr().err.count("reusing the finished run") == 2
+    meta = load_checkpoint(dest).metadata
+    assert [r["cached"] for r in meta["runs"]] == [True, True] and meta["data"]["planner1"]["cached"]
+    assert _sha(dest / "model.safetensors") == weights
 
 
 def test_unknown_env_and_missing_default_checkpoint_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
