@@ -242,6 +242,7 @@ def bench_env(cfg: BenchConfig, env: str) -> dict[str, Any]:
             rows.append(row)
     return {
         "env": env, "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_note": source,
+        "checkpoint_sha256": None if checkpoint is None else read_config(checkpoint).get("weights_sha256"),
         "expert_return": expert, "expert_returns": [float(r) for r in data.returns()],
         "random_return": random_mean, "random_returns": random, "middle_action_returns": middle,
         "rows": rows, "targets": targets(env, rows),
