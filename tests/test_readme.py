@@ -392,14 +392,20 @@ def test_checkpoint_table_reads_the_shipped_config(tmp_path: Path) -> None:
     metadata = {
         "val_losses": {"forward": 0.01234},
         "train_seconds": 600.0,
-        "data": {"random": {"summary": {"n_episodes": 200}}, "expert": {"summary": {"n_episodes": 30}}},
+        "data": {
+            "random": {"summary": {"n_episodes": 200}},
+            "expert": {"summary": {"n_episodes": 30}},
+            "planner1": {"summary": {"n_episodes": 4}},
+        },
         "score": {"how": "maskctrl demo --env Reacher", "measured": "2026-11-25T21:00:00", "rows": rows},
     }
     model = {"n_layer": 3, "d_model": 96, "context_len": 32}
     (made / "config.json").write_text(json.dumps({"model": model, "step": 2000, "metadata": metadata}))
     table = readme_results.render_checkpoints(tmp_path)
-    row = "| Reacher | 3 × 96, context 32 | 1.5 MB | 200 random + 30 expert     |  2000 |           0.0123 |"
-    assert f"{row} 10 min      |      0.88 |" in table
+    line = next(line for line in table.splitlines() if line.startswith("| Reacher "))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    episodes = "200 random + 30 expert + 4 own-planner (round 1)"
+    assert cells == ["Reacher", "3 × 96, context 32", "1.5 MB", episodes, "2000", "0.0123", "10 min", "0.88"]
     assert "Reacher: `maskctrl demo --env Reacher`, 2026-11-25" in table
     shipped = sorted(p.parent.name for p in (REPO / "maskctrl" / "checkpoints").glob("*/config.json"))
     table = readme_results.render_checkpoints(REPO / "maskctrl" / "checkpoints")
