@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 import torch
 
-from maskctrl.models.kv_cache import FoldedProjections, decode, encode_prefix, imagine, imagine_recompute
+from maskctrl.models.kv_cache import (
+    DecodeBuffers,
+    FoldedProjections,
+    decode,
+    encode_prefix,
+    imagine,
+    imagine_recompute,
+)
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
 
 CONFIGS = [
@@ -182,6 +189,28 @@ def test_folded_projections_decode_like_the_model_projections(rotary: bool) -> N
     assert folded.at(5, 2) is folded.at(5, 2)  # built once per position span
     weight, bias = folded.at(5, 2)[0]
     assert weight.shape == (2, 32, 96) and bias.shape == (2, 1, 96)  # [q, D, 3D], [q, 1, 3D]
+
+
+def test_decode_buffers_are_reused_per_shape_and_decoding_into_used_ones_changes_nothing() -> None:
+    model = make(2, 2, 32, seed=12)
+    obs, act, valid = history(1, 3, False, seed=13)
+    prefix = encode_prefix(model, obs, act, valid)
+    buffers = DecodeBuffers(max_shapes=2)
+    kept = prefix.expand(6, 3, buffers=buffers)
+    assert prefix.expand(6, 3, buffers=buffers).keys[1].data_ptr() == kept.keys[1].data_ptr()
+    assert kept.keys[0].shape == (1, 2, 6, 3, 16)
+    gen = torch.Generator().manual_seed(14)
+    for _ in range(2):  # the second round decodes into buffers the first one filled
+        a2, o3, a3 = (torch.randn(1, 6, d, generator=gen) for d in (3, 5, 3))
+        outs = []
+        for cache in (prefix.expand(6, 3, buffers=buffers), prefix.expand(6, 3)):
+            decode(model, cache, model.embed_act(a2, 2).unsqueeze(2))
+            pair = torch.stack([model.embed_obs(o3, 3), model.embed_act(a3, 3)], dim=2)
+            outs.append(decode(model, cache, pair))
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    prefix.expand(6, 2, buffers=buffers)
+    prefix.expand(6, 1, buffers=buffers)  # a third shape: the kept sets are dropped
+    assert prefix.expand(6, 3, buffers=buffers).keys[1].data_ptr() != kept.keys[1].data_ptr()
 
 
 def test_errors_for_context_overflow_and_bad_shapes() -> None:

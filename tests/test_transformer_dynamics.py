@@ -166,6 +166,17 @@ def test_long_horizons_roll_out_window_by_window(k0: int, horizon: int, max_hist
     torch.testing.assert_close(recomputed.rollout(history, actions).next_obs, out.next_obs, atol=1e-4, rtol=0)
 
 
+def test_later_rollouts_decode_into_reused_buffers_with_the_same_results() -> None:
+    model, norm = make_model(), make_normalizer()
+    dyn = TransformerDynamics(model, norm, toy_spec(), reward="model")
+    history = make_history(4, 1)
+    first, second = candidates(5, 4), candidates(5, 4, seed=7)
+    dyn.rollout(history, first)
+    again = dyn.rollout(history, second)
+    fresh = TransformerDynamics(model, norm, toy_spec(), reward="model").rollout(history, second)
+    assert torch.equal(again.next_obs, fresh.next_obs) and torch.equal(again.reward, fresh.reward)
+
+
 def test_window_plan() -> None:
     dyn = TransformerDynamics(make_model(), make_normalizer(), toy_spec())
     assert dyn.window_plan(8, 3) == (8, 3)  # fits: the whole history

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -57,22 +57,50 @@ class PrefixCache:
     next_step: int
     """Timestep of the first token to decode: the pending action of the last history step (K - 1)."""
 
-    def expand(self, n: int, max_new_tokens: int) -> DecodeCache:
+    def expand(self, n: int, max_new_tokens: int, *, buffers: DecodeBuffers | None = None) -> DecodeCache:
         """Share this prefix among ``n`` candidates per history, with room for ``max_new_tokens`` each.
 
-        The prefix tensors are referenced, not copied; only the buffers for new tokens are allocated.
+        The prefix tensors are referenced, not copied; only the buffers for new tokens are allocated, or
+        taken from ``buffers`` (reused across rollouts: writing into memory that was just used is faster
+        than into fresh pages; decoding writes every token before reading it).
         """
         if n < 1 or max_new_tokens < 1:
             raise ValueError(f"need n >= 1 candidates and max_new_tokens >= 1, got {n} and {max_new_tokens}")
         batch, n_head, _, head_dim = self.keys[0].shape
         shape = (batch, n_head, n, max_new_tokens, head_dim)  # [B, h, N, S, hd]
         like = self.keys[0]
-        return DecodeCache(
-            prefix=self,
-            n=n,
-            keys=[like.new_empty(shape) for _ in self.keys],
-            values=[like.new_empty(shape) for _ in self.values],
-        )
+        if buffers is None:
+            keys = [like.new_empty(shape) for _ in self.keys]
+            values = [like.new_empty(shape) for _ in self.values]
+        else:
+            keys, values = buffers.get(shape, len(self.keys), like)
+        return DecodeCache(prefix=self, n=n, keys=keys, values=values)
+
+
+class DecodeBuffers:
+    """Per-candidate key and value buffers kept for reuse by :meth:`PrefixCache.expand`, per shape.
+
+    :param max_shapes: buffer sets kept; a new shape beyond it drops the others.
+    """
+
+    def __init__(self, max_shapes: int = 4) -> None:
+        self.max_shapes = max_shapes
+        self._sets: dict[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def get(
+        self, shape: tuple[int, ...], n_layer: int, like: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values ``[n_layer]`` of ``shape`` with ``like``'s dtype and device, reused if kept."""
+        key = (shape, n_layer, like.dtype, like.device)
+        found = self._sets.get(key)
+        if found is None:
+            if len(self._sets) >= self.max_shapes:
+                self._sets.clear()
+            found = self._sets[key] = (
+                [like.new_empty(shape) for _ in range(n_layer)],
+                [like.new_empty(shape) for _ in range(n_layer)],
+            )
+        return found
 
 
 @dataclass

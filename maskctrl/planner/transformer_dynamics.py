@@ -41,7 +41,14 @@ import torch
 
 from maskctrl.envs.registry import EnvSpec
 from maskctrl.models.checkpoint import CheckpointError, load_checkpoint
-from maskctrl.models.kv_cache import FoldedProjections, PrefixCache, decode, encode_prefix, imagine_recompute
+from maskctrl.models.kv_cache import (
+    DecodeBuffers,
+    FoldedProjections,
+    PrefixCache,
+    decode,
+    encode_prefix,
+    imagine_recompute,
+)
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.transformer import MaskedControlTransformer
 from maskctrl.planner.dynamics import History, Rollout, previous_observations
@@ -156,6 +163,7 @@ class TransformerDynamics:
         self._delta_shift = norm.delta_mean / norm.obs_std  # [O]
         self._prefix: tuple[History, int, PrefixCache] | None = None
         self._folded = FoldedProjections(model)  # a snapshot of the projection weights
+        self._buffers = DecodeBuffers()  # eager decoding reuses its KV buffers (graphs own theirs)
 
     @classmethod
     def from_checkpoint(
@@ -359,7 +367,7 @@ class TransformerDynamics:
         given = cand if cand is not None else noise
         assert given is not None
         rows, m, steps = given.shape[:3]
-        cache = prefix.expand(m, 2 * steps - 1)
+        cache = prefix.expand(m, 2 * steps - 1, buffers=None if self.cuda_graphs else self._buffers)
         t0 = prefix.next_step
         current = prefix.last_obs.unsqueeze(1).expand(rows, m, -1)  # [R,M,O]
         parts: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
