@@ -254,8 +254,39 @@ def render_results(results: Path) -> str:
                 f"{err}); update its renderer {render.__name__}()"
             ) from err
         command = record.get("command", command)  # a record made otherwise (e.g. merged runs) says how
+        stale = _rebuilt_since(record)
+        if stale:
+            body += f"\n\n*Measured with earlier shipped backbones, since rebuilt: {stale}.*"
         parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}")
     return "\n\n".join(parts)
+
+
+def _rebuilt_since(record: Record) -> str:
+    """The shipped checkpoints a record names (``.../maskctrl/checkpoints/<Env>``) that were rebuilt after
+    it was measured, as ``"Env (rebuilt DATE)"``; empty when none was."""
+    measured = (record.get("machine") or record.get("meta") or {}).get("date")
+    if not measured:
+        return ""
+    named: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and "maskctrl/checkpoints/" in value:
+            named.add(value.split("maskctrl/checkpoints/", 1)[1].split("/")[0])
+
+    walk(record)
+    rebuilt = []
+    for env in sorted(named):
+        config = CHECKPOINTS / env / "config.json"
+        built = json.loads(config.read_text()).get("metadata", {}).get("built") if config.exists() else None
+        if built and built.replace("T", " ")[:19] > measured:  # both UTC, ISO order
+            rebuilt.append(f"{env} (rebuilt {built[:10]})")
+    return ", ".join(rebuilt)
 
 
 def render_checkpoints(root: Path) -> str:

@@ -41,6 +41,7 @@ from stable_baselines3.common.monitor import Monitor
 
 import maskctrl
 from maskctrl.envs import HistoryWrapper, get_spec
+from maskctrl.models.checkpoint import read_config
 from maskctrl.policies.sb3 import maskctrl_policy_kwargs
 from maskctrl.recipes import random_data_backbone
 
@@ -346,7 +347,14 @@ def main(cfg: BenchConfig) -> list[dict[str, Any]]:
     print(markdown)
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
-        "checkpoints": {env: {"path": str(p), "source": sources[env]} for env, p in checkpoints.items()},
+        "checkpoints": {
+            env: {
+                "path": str(p),
+                "source": sources[env],
+                "weights_sha256": read_config(p).get("weights_sha256"),
+            }
+            for env, p in checkpoints.items()
+        },
         "machine": info,
         "rows": rows,
         "runs": runs,

@@ -414,3 +414,19 @@ def test_checkpoint_table_reads_the_shipped_config(tmp_path: Path) -> None:
         model = saved["model"]
         assert f"| {env} " in table
         assert f"{model['n_layer']} × {model['d_model']}, context {model['context_len']}" in table
+
+
+def test_results_measured_with_a_since_rebuilt_backbone_say_so() -> None:
+    built = json.loads((REPO / "maskctrl/checkpoints/InvertedPendulum/config.json").read_text())["metadata"][
+        "built"
+    ]
+    record = {
+        "machine": {"date": "2000-01-01 00:00:00"},
+        "models": [{"path": "/x/maskctrl/checkpoints/InvertedPendulum"}],
+    }
+    assert readme_results._rebuilt_since(record) == f"InvertedPendulum (rebuilt {built[:10]})"
+    record["machine"]["date"] = "2999-01-01 00:00:00"  # measured after the build
+    assert readme_results._rebuilt_since(record) == ""
+    assert (
+        readme_results._rebuilt_since({"machine": {}, "path": "maskctrl/checkpoints/Reacher"}) == ""
+    )  # no date
