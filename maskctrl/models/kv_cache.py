@@ -11,7 +11,10 @@ tokens from a batched matmul against its buffer.
 
 :func:`imagine` rolls out autoregressively with two tokens per imagined step (the predicted observation
 and the next candidate action); :func:`imagine_recompute` is the reference that re-runs the whole window
-every step. Both run without autograd: the cache is for inference.
+every step. Both run without autograd: the cache is for inference. Two savings keep the results
+(up to float rounding): the final block runs attention and MLP for the last new token only (``last_only``,
+since only the action token's output is read), and :class:`FoldedProjections` projects new tokens with
+the rotary rotation folded into per-position weights.
 """
 
 from __future__ import annotations
@@ -125,10 +128,9 @@ class FoldedProjections:
 
     The rotation of a query or key is linear in it, so ``rotate(W x + b) = (R_p W) x + R_p b`` for the
     position's rotation ``R_p``: decoding then projects each new token with one batched matmul and skips
-    the rotary and scaling kernels (a tenth of a CPU rollout's time, measured on the default HalfCheetah
-    model). Tables are built lazily for the
-    positions decoded and kept; they are a snapshot of the weights, so make a new instance after
-    changing them.
+    the rotary and scaling kernels (about a tenth of a CPU rollout's time with the default HalfCheetah
+    model). Tables are built lazily for the positions decoded and kept; they are a snapshot of the
+    weights, so make a new instance after changing them.
     """
 
     def __init__(self, model: MaskedControlTransformer) -> None:
