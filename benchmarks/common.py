@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -65,6 +66,30 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def command_line(script: str, cfg: Any) -> str:
+    """``python benchmarks/<script>`` plus the flags (tyro's names) of every option of the dataclass
+    ``cfg`` that differs from its default: how to reproduce a record, written into it."""
+    parts = ["python", f"benchmarks/{script}"]
+    for field in dataclasses.fields(cfg):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(cfg, field.name)
+        if value == default:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, tuple | list):
+            parts += [flag, *(str(item) for item in value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def machine_info() -> dict[str, Any]:

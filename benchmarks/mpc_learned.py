@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 import tyro
-from common import fmt_mean_std, machine_info, markdown_table, mean_std, write_results
+from common import command_line, fmt_mean_std, machine_info, markdown_table, mean_std, write_results
 from mpc_oracle import EPISODES
 from tqdm import tqdm
 
@@ -346,6 +346,7 @@ def main(cfg: BenchConfig) -> list[dict[str, Any]]:
     markdown = render(rows, verdicts, sources, info)
     print(markdown)
     record = {
+        "command": command_line("mpc_learned.py", cfg),
         "config": {**cfg.__dict__, **{k: str(v) for k, v in cfg.__dict__.items() if isinstance(v, Path)}},
         "machine": info,
         "rows": rows,

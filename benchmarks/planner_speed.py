@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 import tyro
 from backbone import timed
-from common import machine_info, planner_speed_table, write_results
+from common import command_line, machine_info, planner_speed_table, write_results
 from mpc_learned import BenchConfig as LearnedConfig
 from mpc_learned import transformer_checkpoint
 
@@ -276,6 +276,7 @@ def main(cfg: SpeedConfig) -> dict[str, Any]:
     for target in targets:
         target["met"] = bool(target["value"] >= target["target"])
     record = {
+        "command": command_line("planner_speed.py", cfg),
         "config": {**asdict(cfg), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
                    "work_dir": str(cfg.work_dir), "out_dir": str(cfg.out_dir)},
         "machine": machine_info(),
