@@ -138,8 +138,8 @@ RECIPES: dict[str, Recipe] = {
 """The default backbones' budgets (see the module docstring for what each stage does). Each window is at
 least the MPC history (8 steps) plus the env's preset horizon minus one, so that a planner's imagined
 rollout stays inside the context the model was trained on. HalfCheetah's width (64) was chosen for planning
-speed: a step of N=512 candidates, H=15, 4 iterations ran at 1.58 per second on 2 idle CPU cores (the
-target is 2) and 28.5 per second on an H200 (``benchmarks/planner_speed.py``)."""
+speed: a step of N=512 candidates, H=15, 4 iterations ran at 1.77 per second on 2 CPU cores (the target
+is 2) and, before the last decoding changes, 28.5 per second on an H200 (``benchmarks/planner_speed.py``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
