@@ -7,6 +7,9 @@ Run ``make checkpoints`` (or ``python -m maskctrl.recipes``) to rebuild all of t
    functions; the expert plans in the true simulator with the env's preset budget), cached in
    ``--work-dir`` so that a rerun only retrains;
 2. pretrains the masked control transformer on both with every objective summed (``maskctrl pretrain``);
+   with ``planner_rounds`` (HalfCheetah), it then collects episodes of MPC over that backbone and trains
+   a fresh one on all the data, once per round (a finished run with the same data and settings is
+   reused);
 3. exports the final weights and normalizer, without optimizer state, to the package's checkpoint
    directory, with metadata recording the recipe, the data, the validation losses, the versions and the
    wall time of every stage.
