@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import subprocess
 import sys
 import time
@@ -372,6 +371,7 @@ def _train(
 ) -> tuple[PretrainResult, bool]:
     """Pretrain a fresh backbone on ``datasets`` into the run directory ``out``; a finished run there made
     with the same settings (everything but the progress bar) is reused instead, and says so."""
+    from maskctrl.models.checkpoint import read_config
     from maskctrl.pretrain import PretrainConfig, PretrainResult, pretrain
     from maskctrl.training.run_dir import config_to_json
 
@@ -396,14 +396,14 @@ def _train(
         progress=cfg.progress,
         tensorboard=False,
     )
-    saved = out / "checkpoint" / "config.json"
-    if saved.exists():
-        meta = json.loads(saved.read_text()).get("metadata", {})
+    saved = out / "checkpoint"
+    if (saved / "config.json").exists():
+        meta = read_config(saved).get("metadata", {})
         wanted = {k: v for k, v in config_to_json(train).items() if k != "progress"}
         if meta.get("finished") and {k: meta.get("config", {}).get(k) for k in wanted} == wanted:
             print(f"reusing the finished run {out} (same data and settings)", file=sys.stderr)
             result = PretrainResult(
-                checkpoint=saved.parent, step=meta["steps"], train_losses=meta["train_losses"],
+                checkpoint=saved, step=meta["steps"], train_losses=meta["train_losses"],
                 val_losses=meta["val_losses"], wall_time_s=meta["wall_time_s"],
             )  # fmt: skip
             return result, True
