@@ -125,8 +125,9 @@ def observations(cfg: SpeedConfig, count: int) -> list[Any]:
 
 def time_controller(
     dynamics: TransformerDynamics, cfg: SpeedConfig, observed: list[Any], steps: int
-) -> tuple[dict[str, float], MPCController]:
-    """Control steps/s and imagined transitions/s over ``steps`` planned steps after one warm-up step."""
+) -> tuple[dict[str, Any], MPCController]:
+    """Control steps/s and imagined transitions/s over ``steps`` planned steps after one warm-up step (each
+    step's seconds kept too, and the rate of the median step: whether a slow run was slow throughout)."""
     spec = get_spec(cfg.env)
     counting = CountingDynamics(dynamics)
     env = spec.make()
@@ -134,20 +135,24 @@ def time_controller(
         optimizer=cfg.optimizer, horizon=cfg.horizon, samples=cfg.samples, iterations=cfg.iterations,
         device=cfg.device, seed=cfg.seed,
     )  # fmt: skip
-    controller = MPCController(counting, spec, env.action_space, config)  # type: ignore[arg-type]
+    controller = MPCController(counting, spec, env.action_space, config)
     env.close()
     controller.predict(observed[0])  # warm-up: allocations, lazy initialization
     counting.transitions = 0
     _sync(dynamics.device)
-    start = time.perf_counter()
+    step_seconds = []
     for obs in observed[1 : steps + 1]:
+        start = time.perf_counter()
         controller.predict(obs)
-    _sync(dynamics.device)
-    seconds = time.perf_counter() - start
+        _sync(dynamics.device)
+        step_seconds.append(time.perf_counter() - start)
+    seconds = sum(step_seconds)
     return {
         "control_steps": steps,
         "seconds": seconds,
         "control_steps_per_s": steps / seconds,
+        "control_steps_per_s_median": 1.0 / statistics.median(step_seconds),
+        "step_seconds": step_seconds,
         "imagined_transitions_per_s": counting.transitions / seconds,
     }, controller
 
@@ -258,7 +263,7 @@ def main(cfg: SpeedConfig) -> dict[str, Any]:
         )
     variants["recompute"] = TransformerDynamics(kv.model, kv.normalizer, spec, bf16=cfg.bf16, recompute=True)
     observed = observations(cfg, cfg.control_steps + 1)
-    mpc: dict[str, dict[str, float]] = {}
+    mpc: dict[str, dict[str, Any]] = {}
     for name, dyn in variants.items():
         steps = cfg.recompute_steps if name == "recompute" else cfg.control_steps
         mpc[name], controller = time_controller(dyn, cfg, observed, steps)
