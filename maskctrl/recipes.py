@@ -8,8 +8,9 @@ Run ``make checkpoints`` (or ``python -m maskctrl.recipes``) to rebuild all of t
    ``--work-dir`` so that a rerun only retrains;
 2. pretrains the masked control transformer on both with every objective summed (``maskctrl pretrain``);
    with ``planner_rounds`` (HalfCheetah), it then collects episodes of MPC over that backbone and trains
-   a fresh one on all the data, once per round (a finished run with the same data and settings is
-   reused);
+   a fresh one on all the data, once per round (run directories are named after a hash of their
+   settings: a finished run with the same data and settings is reused, and one with other settings is
+   never replaced);
 3. exports the final weights and normalizer, without optimizer state, to the package's checkpoint
    directory, with metadata recording the recipe, the data, the validation losses, the versions and the
    wall time of every stage.
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -318,8 +321,8 @@ def build(env: str, cfg: RecipeConfig) -> Path:
     runs: list[dict[str, Any]] = []
 
     def train(name: str) -> PretrainResult:
-        result, cached = _train(tuple(datasets), cfg.work_dir / env / name, recipe, weights, cfg)
-        runs.append({"run": name, "cached": cached, "val_losses": result.val_losses,
+        result, cached = _train(tuple(datasets), cfg.work_dir / env, name, recipe, weights, cfg)
+        runs.append({"run": result.checkpoint.parent.name, "cached": cached, "val_losses": result.val_losses,
                      "train_seconds": result.wall_time_s})  # fmt: skip
         return result
 
@@ -367,17 +370,18 @@ def build(env: str, cfg: RecipeConfig) -> Path:
 
 
 def _train(
-    datasets: tuple[Path, ...], out: Path, recipe: Recipe, weights: Any, cfg: RecipeConfig
+    datasets: tuple[Path, ...], parent: Path, name: str, recipe: Recipe, weights: Any, cfg: RecipeConfig
 ) -> tuple[PretrainResult, bool]:
-    """Pretrain a fresh backbone on ``datasets`` into the run directory ``out``; a finished run there made
-    with the same settings (everything but the progress bar) is reused instead, and says so."""
+    """Pretrain a fresh backbone on ``datasets`` into ``parent/<name>-<key>``, the key a hash of the run's
+    settings (everything but the progress bar and the output path; datasets by name), so that runs with
+    other settings never replace each other. A finished run found there is reused instead, and says so."""
     from maskctrl.models.checkpoint import read_config
     from maskctrl.pretrain import PretrainConfig, PretrainResult, pretrain
     from maskctrl.training.run_dir import config_to_json
 
     train = PretrainConfig(
         data=datasets,
-        out=out,
+        out=parent / name,
         steps=recipe.steps,
         batch_size=recipe.batch_size,
         lr=recipe.lr,
@@ -396,12 +400,16 @@ def _train(
         progress=cfg.progress,
         tensorboard=False,
     )
-    saved = out / "checkpoint"
+    settings = {k: v for k, v in config_to_json(train).items() if k not in ("progress", "out")}
+    settings["data"] = [path.name for path in datasets]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    train = dataclasses.replace(train, out=parent / f"{name}-{key}")
+    saved = train.out / "checkpoint"
     if (saved / "config.json").exists():
         meta = read_config(saved).get("metadata", {})
         wanted = {k: v for k, v in config_to_json(train).items() if k != "progress"}
         if meta.get("finished") and {k: meta.get("config", {}).get(k) for k in wanted} == wanted:
-            print(f"reusing the finished run {out} (same data and settings)", file=sys.stderr)
+            print(f"reusing the finished run {train.out} (same data and settings)", file=sys.stderr)
             result = PretrainResult(
                 checkpoint=saved, step=meta["steps"], train_losses=meta["train_losses"],
                 val_losses=meta["val_losses"], wall_time_s=meta["wall_time_s"],

@@ -66,15 +66,18 @@ def test_planner_round_collects_with_the_first_model_and_a_rebuild_reuses_finish
     )  # fmt: skip
     dest = build("Reacher", cfg)
     meta = load_checkpoint(dest).metadata
-    first_sha = read_config(tmp_path / "work" / "Reacher" / "run" / "checkpoint")["weights_sha256"]
+    work = tmp_path / "work" / "Reacher"
+    names = [r["run"] for r in meta["runs"]]
+    assert [name.rsplit("-", 1)[0] for name in names] == ["run", "run1"]
+    first_sha = read_config(work / names[0] / "checkpoint")["weights_sha256"]
     planner = meta["datasets"][2]
     assert meta["datasets"][:2] == [
         p.name for p in data_dirs("Reacher", cfg.work_dir, scaled(RECIPES["Reacher"], 0.01))
     ]
     assert planner.startswith("planner1-1x20-") and planner.endswith(first_sha[:12])
     assert meta["data"]["planner1"]["summary"]["n_episodes"] == 1
-    assert [(r["run"], r["cached"]) for r in meta["runs"]] == [("run", False), ("run1", False)]
-    run1 = load_checkpoint(tmp_path / "work" / "Reacher" / "run1" / "checkpoint").metadata
+    assert [r["cached"] for r in meta["runs"]] == [False, False]
+    run1 = load_checkpoint(work / names[1] / "checkpoint").metadata
     assert [Path(d).name for d in run1["data_dirs"]] == meta["datasets"]  # the second model saw all three
     weights = _sha(dest / "model.safetensors")
     capsys.readouterr()
@@ -82,7 +85,15 @@ def test_planner_round_collects_with_the_first_model_and_a_rebuild_reuses_finish
     assert capsys.readouterr().err.count("reusing the finished run") == 2
     meta = load_checkpoint(dest).metadata
     assert [r["cached"] for r in meta["runs"]] == [True, True] and meta["data"]["planner1"]["cached"]
+    assert [r["run"] for r in meta["runs"]] == names
     assert _sha(dest / "model.safetensors") == weights
+    # Other settings train into other directories: the finished runs stay as they were.
+    first_weights = _sha(work / names[0] / "checkpoint" / "model.safetensors")
+    build("Reacher", dataclasses.replace(cfg, threads=cfg.threads + 1))
+    other = [r["run"] for r in load_checkpoint(dest).metadata["runs"]]
+    assert other[0] != names[0] and other[0].startswith("run-")
+    assert _sha(work / names[0] / "checkpoint" / "model.safetensors") == first_weights
+    assert read_config(work / names[0] / "checkpoint")["metadata"]["finished"]
 
 
 def test_unknown_env_and_missing_default_checkpoint_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
