@@ -9,7 +9,13 @@ For each env (Reacher and HalfCheetah by default):
    *pretrained* fine-tunes the checkpoint of ``--checkpoint`` (default ``maskctrl/checkpoints/<Env>``; a
    ``maskctrl pretrain`` run directory works too), *scratch* starts from random weights of the same
    architecture and context length; all n episodes train (no held-out loss episodes) and ``keep_best``
-   keeps the weights of the validation-return peak, measured on reset seeds 10000+;
+   keeps the weights of the validation-return peak, measured on reset seeds 10000+. Each history length K
+   of ``--windows`` (default 1 and the checkpoint's context) trains, and the K with the best validation
+   return is kept, by the same rule for both initialisations. (Why K=1: in exploratory runs on
+   HalfCheetah with 5 demonstrations, 1000 steps and 3 seeds, the pretrained model returned 86 with K=24
+   and 1255 with K=1, scratch 734 and 243. Our reading, not tested further: with a history, a model that
+   was pretrained on inverse dynamics can read its previous action off the observations and repeat it,
+   the "copycat" shortcut of Wen et al. 2020, which fits the data and fails in closed loop);
 3. run each saved policy on ``--eval-episodes`` held-out reset seeds (``eval_seed + i``), and a random
    policy on the same seeds.
 
@@ -35,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
-from common import fmt_mean_std, machine_info, markdown_table, mean_std, write_results
+from common import command_line, fmt_mean_std, machine_info, markdown_table, mean_std, write_results
 
 import maskctrl.envs  # noqa: F401  (registers the built-in envs)
 from maskctrl.commands.collect import CollectConfig, expert_config, oracle_mpc_factory
@@ -44,7 +50,7 @@ from maskctrl.data.episodes import EpisodeData, load_episodes, save_episodes
 from maskctrl.envs.registry import get_spec
 from maskctrl.models.checkpoint import read_config
 from maskctrl.planner.presets import objective_tag
-from maskctrl.policies.bc import BCConfig, episode_returns, train_bc
+from maskctrl.policies.bc import DEFAULT_WINDOW, BCConfig, episode_returns, train_bc
 from maskctrl.policies.transformer_policy import TransformerPolicy
 from maskctrl.training.distributed import resolve_device
 
@@ -73,6 +79,9 @@ class BenchConfig:
     """BC windows per step."""
     lr: float = 3e-4
     """BC peak learning rate."""
+    windows: tuple[int, ...] = (1, 0)
+    """History lengths K (window T) tried for every (n, init, seed), 0 meaning the pretrained checkpoint's
+    context_len: each trains, and the one with the best validation return (seeds 10000+) is evaluated."""
     val_every: int = 250
     """Validation (return on seeds 10000+, loss on held-out episodes) every this many steps."""
     val_episodes: int = 3
@@ -189,29 +198,57 @@ def evaluate(cfg: BenchConfig, env: str, policy: Any) -> list[float]:
     )
 
 
-def bc_run(
-    cfg: BenchConfig, env: str, data: Path, init: Init, seed: int, checkpoint: Path | None
-) -> dict[str, Any]:
-    """Train one BC policy and evaluate it."""
+def bc_train(
+    cfg: BenchConfig, env: str, data: Path, init: Init, seed: int, checkpoint: Path | None, window: int
+) -> tuple[Path, dict[str, Any]]:
+    """Train one BC policy (history ``window``; 0: the checkpoint's context_len); its checkpoint and record."""
     arch: dict[str, Any] = {}
     if init == "scratch" and checkpoint is not None:  # the pretrained model's shape, fresh weights
         model = read_config(checkpoint)["model"]
         arch = {k: model[k] for k in ("n_layer", "n_head", "d_model", "mlp_ratio", "dropout")}
         arch["window"] = model["context_len"]
+    if window > 0:
+        arch["window"] = window
+    if "window" not in arch:  # what train_bc will use
+        arch["window"] = (
+            DEFAULT_WINDOW if checkpoint is None else read_config(checkpoint)["model"]["context_len"]
+        )
+    suffix = f"-K{arch['window']}"
     run = BCConfig(
-        data=(data,), out=cfg.work_dir / env / f"{data.name}-{init}-seed{seed}", overwrite=True,
+        data=(data,), out=cfg.work_dir / env / f"{data.name}-{init}-seed{seed}{suffix}", overwrite=True,
         checkpoint=checkpoint if init == "pretrained" else None, steps=cfg.steps, batch_size=cfg.batch_size,
-        lr=cfg.lr, val_fraction=0.0, val_every=cfg.val_every, val_episodes=cfg.val_episodes,
-        val_max_steps=cfg.max_steps,
+        lr=cfg.lr, val_fraction=0.0, val_every=cfg.val_every,
+        val_episodes=cfg.val_episodes, val_max_steps=cfg.max_steps,
         seed=seed, device=cfg.device, progress=False, **arch,
     )  # fmt: skip
     result = train_bc(run)
-    policy = TransformerPolicy.load(result.checkpoint, device=resolve_device(cfg.device))
-    returns = evaluate(cfg, env, policy)
-    return {
-        "seed": seed, "returns": returns, "saved_step": result.saved_step, "val_return": result.val_return,
+    return result.checkpoint, {
+        "window": arch["window"], "saved_step": result.saved_step, "val_return": result.val_return,
         "val_loss": result.val_loss, "train_loss": result.train_loss, "train_wall_s": result.wall_time_s,
     }  # fmt: skip
+
+
+def bc_run(
+    cfg: BenchConfig, env: str, data: Path, init: Init, seed: int, checkpoint: Path | None
+) -> dict[str, Any]:
+    """Train one BC policy per ``cfg.windows``, keep the best by validation return, evaluate it."""
+    trained = [bc_train(cfg, env, data, init, seed, checkpoint, w) for w in cfg.windows or (0,)]
+    best = max(range(len(trained)), key=lambda i: _score(trained[i][1]["val_return"]))
+    path, record = trained[best]
+    policy = TransformerPolicy.load(path, device=resolve_device(cfg.device))
+    record = {"seed": seed, **record, "returns": evaluate(cfg, env, policy)}
+    if len(trained) > 1:
+        record["candidates"] = [rec for _, rec in trained]
+    return record
+
+
+def _windows(cfg: BenchConfig) -> str:
+    names = ["the checkpoint's context" if w == 0 else str(w) for w in cfg.windows or (0,)]
+    return "{" + ", ".join(names) + "}"
+
+
+def _score(value: float | None) -> float:
+    return -float("inf") if value is None else value
 
 
 def bench_env(cfg: BenchConfig, env: str) -> dict[str, Any]:
@@ -302,13 +339,14 @@ def plot(path: Path, envs: list[dict[str, Any]]) -> None:
 
 def render(cfg: BenchConfig, envs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """The results page."""
-    headers = ["env", "episodes", "init", "return", "normalized", "saved step", "train s"]
+    headers = ["env", "episodes", "init", "return", "normalized", "K", "saved step", "train s"]
     cells = []
     for rec in envs:
         for r in rec["rows"]:
             per_episode = [x for run in r["runs"] for x in run["returns"]]
             cells.append([
                 rec["env"], r["episodes"], r["init"], fmt_mean_std(per_episode), f"{r['normalized']:.2f}",
+                "/".join(str(run.get("window", "-")) for run in r["runs"]),
                 "/".join(str(run["saved_step"]) for run in r["runs"]),
                 f"{np.mean([run['train_wall_s'] for run in r['runs']]):.0f}",
             ])  # fmt: skip
@@ -326,7 +364,8 @@ def render(cfg: BenchConfig, envs: list[dict[str, Any]], info: dict[str, Any]) -
         )
     return (
         f"# Behaviour cloning: expert episodes vs return, pretrained vs scratch\n\n"
-        f"BC ({cfg.steps} steps of batch {cfg.batch_size}, lr {cfg.lr}, best validation return kept) on the first n "
+        f"BC ({cfg.steps} steps of batch {cfg.batch_size}, lr {cfg.lr}, best validation return kept; history K "
+        f"from {_windows(cfg)} chosen by validation return, per training seed) on the first n "
         f"oracle-MPC demonstrations; 'return' is over {cfg.eval_episodes} held-out episodes (seeds {cfg.eval_seed}+) "
         f"per training seed {list(cfg.seeds)}; normalized = (R - random) / (expert - random). Episodes "
         f"{'capped at ' + str(cfg.max_steps) + ' steps' if cfg.max_steps else 'at full length'}. "
@@ -344,7 +383,10 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
     page = render(cfg, envs, info)
     print(page)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
-    record = {"config": config, "machine": info, "total_s": time.perf_counter() - started, "envs": envs}
+    record = {
+        "command": command_line("bc.py", cfg), "config": config, "machine": info,
+        "total_s": time.perf_counter() - started, "envs": envs,
+    }  # fmt: skip
     json_path, md_path = write_results(cfg.out_dir, cfg.name, record, page)
     png_path = cfg.out_dir / f"{cfg.name}.png"
     plot(png_path, envs)

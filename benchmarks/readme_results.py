@@ -189,10 +189,10 @@ def bc(record: Record) -> str:
     for env in record["envs"]:
         for r in env["rows"]:
             returns = [x for run in r["runs"] for x in run["returns"]]
-            cells.append(
-                [env["env"], r["episodes"], r["init"], fmt_mean_std(returns), f"{r['normalized']:.2f}"]
-            )
-    headers = ["env", "expert episodes", "backbone", "return", "normalized"]
+            history = "/".join(str(run.get("window", "-")) for run in r["runs"])  # per training seed
+            cells.append([env["env"], r["episodes"], r["init"], history, fmt_mean_std(returns),
+                          f"{r['normalized']:.2f}"])  # fmt: skip
+    headers = ["env", "expert episodes", "backbone", "history K", "return", "normalized"]
     refs = "; ".join(
         f"{e['env']}: expert {fmt_mean_std(e['expert_returns'])}, random {fmt_mean_std(e['random_returns'])}, "
         f"target {e['targets']['what']}: {_verdict(e['targets']['met'])}"
