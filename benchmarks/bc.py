@@ -24,7 +24,8 @@ all recorded demonstrations. Targets (issue 7): with 5 episodes the pretrained p
 Reacher, and beats scratch on HalfCheetah by >= 20% (``(R_pre - R_scratch) / |R_scratch|``).
 
 A full run records 20 HalfCheetah demonstrations of 1000 planned steps (about 35 minutes on 2 free CPU
-cores) and trains 12 BC runs; check it first with tiny settings, e.g.
+cores) and trains one BC run per env, n, init, seed and K (72 with ``--seeds 0 1 2``: 72 minutes with
+500 steps); check it first with tiny settings, e.g.
 ``python benchmarks/bc.py --episodes 1 2 --steps 20 --max-steps 30 --eval-episodes 2 --expert-samples 16``.
 Writes ``benchmarks/results/bc.{json,md,png}``.
 """
