@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
-from common import fmt_mean_std, machine_info, markdown_table, write_results
+from common import command_line, fmt_mean_std, machine_info, markdown_table, write_results
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -346,6 +346,7 @@ def main(cfg: BenchConfig) -> list[dict[str, Any]]:
     markdown = render(rows, cfg, sources, info)
     print(markdown)
     record = {
+        "command": command_line("sb3.py", cfg),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
         "checkpoints": {
             env: {
