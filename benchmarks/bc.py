@@ -203,20 +203,14 @@ def bc_train(
     cfg: BenchConfig, env: str, data: Path, init: Init, seed: int, checkpoint: Path | None, window: int
 ) -> tuple[Path, dict[str, Any]]:
     """Train one BC policy (history ``window``; 0: the checkpoint's context_len); its checkpoint and record."""
+    model = None if checkpoint is None else read_config(checkpoint)["model"]
     arch: dict[str, Any] = {}
-    if init == "scratch" and checkpoint is not None:  # the pretrained model's shape, fresh weights
-        model = read_config(checkpoint)["model"]
+    if init == "scratch" and model is not None:  # the pretrained model's shape, fresh weights
         arch = {k: model[k] for k in ("n_layer", "n_head", "d_model", "mlp_ratio", "dropout")}
-        arch["window"] = model["context_len"]
-    if window > 0:
-        arch["window"] = window
-    if "window" not in arch:  # what train_bc will use
-        arch["window"] = (
-            DEFAULT_WINDOW if checkpoint is None else read_config(checkpoint)["model"]["context_len"]
-        )
-    suffix = f"-K{arch['window']}"
+    arch["window"] = window or (DEFAULT_WINDOW if model is None else model["context_len"])
+    out = cfg.work_dir / env / f"{data.name}-{init}-seed{seed}-K{arch['window']}"
     run = BCConfig(
-        data=(data,), out=cfg.work_dir / env / f"{data.name}-{init}-seed{seed}{suffix}", overwrite=True,
+        data=(data,), out=out, overwrite=True,
         checkpoint=checkpoint if init == "pretrained" else None, steps=cfg.steps, batch_size=cfg.batch_size,
         lr=cfg.lr, val_fraction=0.0, val_every=cfg.val_every,
         val_episodes=cfg.val_episodes, val_max_steps=cfg.max_steps,
