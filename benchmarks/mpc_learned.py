@@ -236,6 +236,7 @@ def run_row(env_name: str, method: Method, cfg: BenchConfig, models: dict[str, P
         policy = build_controller(command, spec, env)
         budget = {"samples": policy.config.samples, "horizon": policy.config.horizon}
         budget["iterations"] = policy.config.iterations
+        budget["policy_prior"] = policy.config.policy_prior_fraction
     with tqdm(total=episodes * max_steps, desc=f"{env_name} {method}", unit="step", leave=False) as bar:
         results = run_episodes(policy, env, episodes=episodes, seed=cfg.seed, on_step=bar.update)
     env.close()
@@ -303,9 +304,10 @@ def render(
     rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], models: dict[str, Any], info: dict[str, Any]
 ) -> str:
     """The markdown report: the rows, then the per-env verdicts and where each model came from."""
-    headers = ["env", "method", "N", "H", "iters", "return", "length", "steps/s"]
+    headers = ["env", "method", "N", "H", "iters", "policy prior", "return", "length", "steps/s"]
     cells = [
         [r["env"], r["method"], r.get("samples", "-"), r.get("horizon", "-"), r.get("iterations", "-"),
+         f"{r['policy_prior']:g}" if r.get("policy_prior") else "-",
          fmt_mean_std(r["returns"]), fmt_mean_std(r["lengths"], digits=0), fmt_mean_std(r["steps_per_second"])]
         for r in rows
     ]  # fmt: skip
@@ -322,7 +324,8 @@ def render(
     )
     return (
         f"# MPC with learned world models\n\nSame planner budget (preset) and seeds for every planned row of an "
-        f"env. Measured {info['date']} on {info['processor']} x{info['cpu_count']} (shared CPU: speeds are "
+        "env; 'policy prior': the share of those candidates the transformer's policy head proposes "
+        "(`maskctrl.planner.presets.POLICY_PRIOR`). Measured {info['date']} on {info['processor']} x{info['cpu_count']} (shared CPU: speeds are "
         "lower bounds). 'met' uses transformer/oracle where the oracle's return is positive, else the "
         "random-normalized score.\n\n"
         f"{markdown_table(headers, cells)}\n\n{markdown_table(vheaders, vcells)}\n\nModels:\n{sources}\n"

@@ -86,6 +86,16 @@ def mpc_learned(record: Record) -> str:
     models = {(m["env"], m["kind"]): m["provenance"] for m in record.get("models", [])}
     fallback = sorted({f"{env} {kind}" for (env, kind), p in models.items() if "fallback" in p})
     notes = [f"Same planner (each env's preset, {record['config']['optimizer']}) and seeds in every MPC row."]
+    priors = [
+        f"{r['env']} {r['policy_prior']:g}"
+        for r in rows
+        if r["method"] == "transformer" and r.get("policy_prior")
+    ]
+    if priors:
+        notes.append(
+            "Of the same number of candidates, the transformer's policy head proposes a share "
+            f"(`POLICY_PRIOR`, TD-MPC2 style): {', '.join(priors)}."
+        )
     if record["config"].get("max_steps"):
         notes.append(f"Episodes capped at {record['config']['max_steps']} steps.")
     if fallback:

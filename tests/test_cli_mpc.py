@@ -13,7 +13,7 @@ from maskctrl.cli import main as cli_main
 from maskctrl.commands.mpc import main
 from maskctrl.envs.registry import get_spec
 from maskctrl.models.ensemble import EnsembleConfig, EnsembleMLP, save_ensemble
-from maskctrl.planner.presets import BUDGETS
+from maskctrl.planner.presets import BUDGETS, POLICY_PRIOR, default_policy_prior, policy_loss_weight
 from maskctrl.recipes import CHECKPOINT_ROOT
 
 TINY = ["--env", "pointmass", "--horizon", "8", "--samples", "32", "--iterations", "2", "--no-progress"]
@@ -148,3 +148,37 @@ def test_unknown_env_lists_known_ones(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--env", "Cheetah", "--out-dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown env 'Cheetah'" in err and "HalfCheetah" in err
+
+
+def test_policy_prior_defaults_per_env_and_dynamics() -> None:
+    """No flag: the env's POLICY_PRIOR for a transformer whose metadata records a policy loss, else 0."""
+    from maskctrl.commands.mpc import MPCCommandConfig, mpc_config, policy_prior_fraction
+
+    shipped = CHECKPOINT_ROOT / "HalfCheetah"
+    assert policy_loss_weight(json.loads((shipped / "config.json").read_text())["metadata"]) == 0.5
+    transformer = MPCCommandConfig(env="HalfCheetah", dynamics="transformer", checkpoint=shipped)
+    assert policy_prior_fraction(transformer) == POLICY_PRIOR["HalfCheetah"] > 0
+    assert mpc_config(transformer).policy_prior_samples == round(POLICY_PRIOR["HalfCheetah"] * 128)
+    flag = MPCCommandConfig(
+        env="HalfCheetah", dynamics="transformer", checkpoint=shipped, policy_prior_fraction=0.0
+    )
+    assert policy_prior_fraction(flag) == 0.0  # the flag wins
+    assert policy_prior_fraction(MPCCommandConfig(env="HalfCheetah", dynamics="oracle")) == 0.0
+    reacher = MPCCommandConfig(env="Reacher", dynamics="transformer", checkpoint=CHECKPOINT_ROOT / "Reacher")
+    assert policy_prior_fraction(reacher) == 0.0  # no default for Reacher
+    missing = MPCCommandConfig(env="HalfCheetah", dynamics="transformer", checkpoint=Path("/nonexistent"))
+    assert policy_prior_fraction(missing) == 0.0  # loading reports the missing checkpoint
+
+
+def test_policy_loss_weight_reads_recipe_and_pretrain_metadata() -> None:
+    assert policy_loss_weight({"objective_weights": {"policy": 0.5}}) == 0.5
+    assert policy_loss_weight({"config": {"weights": {"forward": 1.0, "policy": 0.0}}}) == 0.0
+    assert policy_loss_weight({"config": {"steps": 10}}) is None and policy_loss_weight({}) is None
+    # A backbone without a trained policy head gets no prior: its proposals would waste candidates.
+    assert default_policy_prior("HalfCheetah", {"config": {"weights": {"policy": 0.0}}}) == 0.0
+    assert default_policy_prior("HalfCheetah", {}) == 0.0
+    assert (
+        default_policy_prior("HalfCheetah", {"objective_weights": {"policy": 1.0}})
+        == POLICY_PRIOR["HalfCheetah"]
+    )
+    assert default_policy_prior("Reacher", {"objective_weights": {"policy": 1.0}}) == 0.0

@@ -78,8 +78,9 @@ class MPCCommandConfig:
     """Learned dynamics: rewards from the env spec's function or the model's reward head."""
     bf16: bool = False
     """Transformer: bfloat16 autocast (meant for CUDA)."""
-    policy_prior_fraction: float = 0.0
-    """Transformer: share of the candidates drawn from its policy head (0: off)."""
+    policy_prior_fraction: float | None = None
+    """Transformer: share of the candidates drawn from its policy head (0: off; None: the env's default,
+    maskctrl.planner.presets.POLICY_PRIOR, for a backbone pretrained with the policy loss, else 0)."""
     plot_step: int = 10
     """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
     seed: int = 0
@@ -215,9 +216,26 @@ def mpc_config(cfg: MPCCommandConfig) -> Any:
         seed=cfg.seed,
         device=cfg.device,
         discount=cfg.discount,
-        policy_prior_fraction=cfg.policy_prior_fraction,
+        policy_prior_fraction=policy_prior_fraction(cfg),
         **changes,
     )
+
+
+def policy_prior_fraction(cfg: MPCCommandConfig) -> float:
+    """The share of policy-proposed candidates ``cfg`` asks for: the flag when given, else the env's
+    default for a transformer whose checkpoint metadata records a policy loss (0 for other dynamics)."""
+    from maskctrl.models.checkpoint import CheckpointError, read_config
+    from maskctrl.planner.presets import default_policy_prior
+
+    if cfg.policy_prior_fraction is not None:
+        return cfg.policy_prior_fraction
+    if cfg.dynamics != "transformer" or cfg.checkpoint is None:
+        return 0.0
+    try:
+        metadata = read_config(cfg.checkpoint).get("metadata", {})
+    except CheckpointError:  # load_dynamics reports what is wrong with the checkpoint
+        return 0.0
+    return default_policy_prior(cfg.env, metadata if isinstance(metadata, dict) else {})
 
 
 def load_dynamics(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> DynamicsModel:
