@@ -325,9 +325,9 @@ def render(
     return (
         f"# MPC with learned world models\n\nSame planner budget (preset) and seeds for every planned row of an "
         "env; 'policy prior': the share of those candidates the transformer's policy head proposes "
-        "(`maskctrl.planner.presets.POLICY_PRIOR`). Measured {info['date']} on {info['processor']} x{info['cpu_count']} (shared CPU: speeds are "
-        "lower bounds). 'met' uses transformer/oracle where the oracle's return is positive, else the "
-        "random-normalized score.\n\n"
+        f"(`maskctrl.planner.presets.POLICY_PRIOR`). Measured {info['date']} on {info['processor']} "
+        f"x{info['cpu_count']} (shared CPU: speeds are lower bounds). 'met' uses transformer/oracle where "
+        "the oracle's return is positive, else the random-normalized score.\n\n"
         f"{markdown_table(headers, cells)}\n\n{markdown_table(vheaders, vcells)}\n\nModels:\n{sources}\n"
     )
 
