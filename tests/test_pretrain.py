@@ -26,6 +26,7 @@ from maskctrl.models.objectives import (
     pretraining_loss,
 )
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
+from maskctrl.planner.presets import policy_loss_weight
 from maskctrl.training import sampling
 from maskctrl.training.objective import PretrainingObjective
 from maskctrl.training.trainer import normalized_batch
@@ -72,6 +73,7 @@ def test_collect_pretrain_load_round_trip(data_dir: Path, tmp_path: Path) -> Non
     }
     assert meta["data_dirs"] == [str(data_dir)] and meta["finished"] is True and meta["steps"] == 40
     assert meta["config"]["d_model"] == 32 and meta["config"]["weights"]["forward"] == 1.0
+    assert policy_loss_weight(meta) == 0.0  # `maskctrl pretrain` trains no policy by default: no MPC prior
     assert set(meta["val_losses"]) == {"forward", "reward", "inverse", "hindsight", "total"}
     assert meta["wall_time_s"] > 0 and meta["dataset"]["val_episodes"] == 1
 
