@@ -63,3 +63,19 @@ def test_demo_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2
     assert "Reacher" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_headless_machines_render_with_egl_unless_told_otherwise() -> None:
+    from maskctrl.commands.demo import headless_gl_default
+
+    no_display: dict[str, str] = {}
+    assert headless_gl_default(no_display, "linux") == "egl"
+    assert no_display == {"MUJOCO_GL": "egl"}
+    chosen = {"MUJOCO_GL": "osmesa"}  # the user's choice wins
+    assert headless_gl_default(chosen, "linux") == "osmesa"
+    for display in ({"DISPLAY": ":0"}, {"WAYLAND_DISPLAY": "wayland-0"}):
+        environ = dict(display)
+        assert headless_gl_default(environ, "linux") is None
+        assert "MUJOCO_GL" not in environ  # a desktop keeps gymnasium's own choice
+    elsewhere: dict[str, str] = {}
+    assert headless_gl_default(elsewhere, "darwin") is None

@@ -17,8 +17,10 @@ MuJoCo can render offscreen (EGL or OSMesa), a GIF of one learned-model MPC epis
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -87,10 +89,23 @@ def _policy(cfg: DemoConfig, method: Method, spec: Any, env: Any, checkpoint: Pa
     )
 
 
+def headless_gl_default(environ: MutableMapping[str, str], platform: str = sys.platform) -> str | None:
+    """Choose MuJoCo's EGL backend on a Linux machine without a display, unless ``MUJOCO_GL`` is set.
+
+    With ``MUJOCO_GL`` unset, gymnasium's renderer tries GLFW first, and GLFW without a display can
+    abort the whole process in C, where no ``except`` catches it (seen after other MuJoCo renders in
+    the same process). EGL renders offscreen without a display. Returns the backend ``environ`` names.
+    """
+    if platform.startswith("linux") and not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"):
+        environ.setdefault("MUJOCO_GL", "egl")
+    return environ.get("MUJOCO_GL")
+
+
 def _record_video(cfg: DemoConfig, spec: Any, checkpoint: Path, max_steps: int) -> tuple[Path | None, str]:
     """One learned-model MPC episode rendered offscreen to ``demo.gif``; (path or None, what happened)."""
     from maskctrl.commands.mpc import build_controller
 
+    headless_gl_default(os.environ)
     try:
         env = spec.make(max_episode_steps=max_steps, render_mode="rgb_array", width=240, height=240)
         obs, _ = env.reset(seed=cfg.seed)
