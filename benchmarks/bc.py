@@ -227,7 +227,7 @@ def bc_run(
     cfg: BenchConfig, env: str, data: Path, init: Init, seed: int, checkpoint: Path | None
 ) -> dict[str, Any]:
     """Train one BC policy per ``cfg.windows``, keep the best by validation return, evaluate it."""
-    trained = [bc_train(cfg, env, data, init, seed, checkpoint, w) for w in cfg.windows or (0,)]
+    trained = [bc_train(cfg, env, data, init, seed, checkpoint, w) for w in _window_choices(cfg)]
     best = max(range(len(trained)), key=lambda i: _score(trained[i][1]["val_return"]))
     path, record = trained[best]
     policy = TransformerPolicy.load(path, device=resolve_device(cfg.device))
@@ -237,8 +237,13 @@ def bc_run(
     return record
 
 
+def _window_choices(cfg: BenchConfig) -> tuple[int, ...]:
+    """The history lengths trained per (n, init, seed); none given means the checkpoint's context."""
+    return cfg.windows or (0,)
+
+
 def _windows(cfg: BenchConfig) -> str:
-    names = ["the checkpoint's context" if w == 0 else str(w) for w in cfg.windows or (0,)]
+    names = ["the checkpoint's context" if w == 0 else str(w) for w in _window_choices(cfg)]
     return "{" + ", ".join(names) + "}"
 
 
