@@ -93,8 +93,8 @@ def headless_gl_default(environ: MutableMapping[str, str], platform: str = sys.p
     """Choose MuJoCo's EGL backend on a Linux machine without a display, unless ``MUJOCO_GL`` is set.
 
     With ``MUJOCO_GL`` unset, gymnasium's renderer tries GLFW first, and GLFW without a display can
-    abort the whole process in C, where no ``except`` catches it (seen after other MuJoCo renders in
-    the same process). EGL renders offscreen without a display. Returns the backend ``environ`` names.
+    abort the whole process in C, where no ``except`` catches it (seen in a headless test process).
+    EGL renders offscreen without a display. Returns the backend ``environ`` names.
     """
     if platform.startswith("linux") and not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"):
         environ.setdefault("MUJOCO_GL", "egl")
