@@ -182,3 +182,20 @@ def test_policy_loss_weight_reads_recipe_and_pretrain_metadata() -> None:
         == POLICY_PRIOR["HalfCheetah"]
     )
     assert default_policy_prior("Reacher", {"objective_weights": {"policy": 1.0}}) == 0.0
+
+
+def test_compile_flag_reaches_the_transformer_dynamics(tmp_path: Path) -> None:
+    from maskctrl.commands.mpc import MPCCommandConfig, load_dynamics
+    from maskctrl.planner.transformer_dynamics import TransformerDynamics
+
+    _save_pointmass_checkpoint(tmp_path / "model")
+    spec = get_spec("pointmass")
+    env = spec.make()
+    for flag in (False, True):
+        cfg = MPCCommandConfig(
+            env="pointmass", dynamics="transformer", checkpoint=tmp_path / "model", compile=flag
+        )
+        dynamics = load_dynamics(cfg, spec, env)
+        assert isinstance(dynamics, TransformerDynamics)
+        assert (dynamics._decode_fixed is not None) == flag  # compiled lazily, at the first rollout
+    env.close()

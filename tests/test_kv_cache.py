@@ -11,6 +11,7 @@ from maskctrl.models.kv_cache import (
     DecodeBuffers,
     FoldedProjections,
     decode,
+    decode_fixed,
     encode_prefix,
     imagine,
     imagine_recompute,
@@ -211,6 +212,44 @@ def test_decode_buffers_are_reused_per_shape_and_decoding_into_used_ones_changes
     prefix.expand(6, 2, buffers=buffers)
     prefix.expand(6, 1, buffers=buffers)  # a third shape: the kept sets are dropped
     assert prefix.expand(6, 3, buffers=buffers).keys[1].data_ptr() != kept.keys[1].data_ptr()
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_shape_stable_decoding_equals_decode_and_needs_zeroed_values(rotary: bool) -> None:
+    model = make(3, 2, 32, seed=15, rotary=rotary)
+    obs, act, valid = history(2, 3, True, seed=16)
+    prefix = encode_prefix(model, obs, act, valid)
+    first = prefix.keys[0].shape[2]  # P = 2K - 1 = 5 prefix tokens
+    folded = FoldedProjections(model)
+    gen = torch.Generator().manual_seed(17)
+    a2 = torch.randn(2, 4, 3, generator=gen)
+    pairs = [torch.randn(2, 4, d, generator=gen) for _ in range(3) for d in (5, 3)]  # o3, a3, ..., a5
+    steps = [model.embed_act(a2, 2).unsqueeze(2)] + [
+        torch.stack([model.embed_obs(pairs[2 * i], 3 + i), model.embed_act(pairs[2 * i + 1], 3 + i)], 2)
+        for i in range(3)
+    ]  # q = 1, then three q = 2 steps: 7 tokens
+    reference = prefix.expand(4, 7)
+    cache = prefix.expand(4, 7)
+    stale = prefix.expand(4, 7)
+    for values in cache.values + stale.values:
+        values.fill_(float("nan"))  # what a rollout whose model produced NaN could leave behind
+    cache.zero_values()
+    for last_only in (False, True):
+        for c in (reference, cache, stale):
+            c.length = 0
+        for tokens in steps:
+            want = decode(model, reference, tokens, last_only=last_only, folded=folded)
+            position, q_len = torch.tensor(cache.length), tokens.shape[2]
+            tables = folded.at(first + cache.length, q_len)  # the tokens' window positions
+            got = decode_fixed(model, cache, tokens, position, tables, last_only)
+            poisoned = decode_fixed(model, stale, tokens, position, tables, last_only)
+            cache.length += q_len
+            stale.length += q_len
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert torch.isnan(poisoned).all()  # why the values are zeroed: 0 * nan of an unwritten slot
+    for fixed, ref in zip(cache.keys + cache.values, reference.keys + reference.values, strict=True):
+        torch.testing.assert_close(fixed, ref, rtol=0, atol=1e-5)  # sums in another order than a matmul
 
 
 def test_errors_for_context_overflow_and_bad_shapes() -> None:

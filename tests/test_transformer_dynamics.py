@@ -386,3 +386,36 @@ def test_cuda_graphs_need_a_cuda_model() -> None:
     with pytest.raises(ValueError, match="cuda_graphs needs a model on a CUDA device"):
         TransformerDynamics(make_model(), make_normalizer(), toy_spec(), cuda_graphs=True)
     assert not TransformerDynamics(make_model(), make_normalizer(), toy_spec()).cuda_graphs
+
+
+def _rollouts_and_policy_samples(dyn: TransformerDynamics) -> list[torch.Tensor]:
+    history = make_history(6, 2)
+    out = [dyn.rollout(history, candidates(n, 5, seed=n)).next_obs for n in (7, 4)]
+    gen = torch.Generator().manual_seed(0)
+    return [*out, dyn.policy_samples(history, 3, 5, generator=gen)]
+
+
+def test_shape_stable_decoding_path_gives_the_default_paths_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` wiring (slots, folded positions, zeroed values) with compilation itself skipped."""
+    model, norm = make_model(), make_normalizer()
+    monkeypatch.setattr(td.torch, "compile", lambda fn: fn)
+    fixed = TransformerDynamics(model, norm, toy_spec(), reward="model", compile=True)
+    assert fixed._decode_fixed is td.decode_fixed
+    plain = TransformerDynamics(model, norm, toy_spec(), reward="model")
+    for got, want in zip(
+        _rollouts_and_policy_samples(fixed), _rollouts_and_policy_samples(plain), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_compiled_rollout_equals_full_recompute() -> None:
+    model, norm = make_model(), make_normalizer()
+    dyn = TransformerDynamics(model, norm, toy_spec(), reward="model", compile=True)
+    history, actions = make_history(6, 2), candidates(7, 5)
+    out = dyn.rollout(history, actions)
+    k, window = dyn.window_plan(6, 5)
+    ref_obs, ref_rew = reference(model, norm, history, actions, k, window)
+    torch.testing.assert_close(out.next_obs, ref_obs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.reward, ref_rew, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="compile and cuda_graphs are alternatives"):
+        TransformerDynamics(model, norm, toy_spec(), compile=True, cuda_graphs=True)

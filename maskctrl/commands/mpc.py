@@ -78,6 +78,9 @@ class MPCCommandConfig:
     """Learned dynamics: rewards from the env spec's function or the model's reward head."""
     bf16: bool = False
     """Transformer: bfloat16 autocast (meant for CUDA)."""
+    compile: bool = False
+    """Transformer: decode with torch.compile (faster control steps after about 30 s of compiling at the
+    first ones; see TransformerDynamics)."""
     policy_prior_fraction: float | None = None
     """Transformer: share of the candidates drawn from its policy head (0: off; None: the env's default,
     maskctrl.planner.presets.POLICY_PRIOR, for a backbone pretrained with the policy loss, else 0)."""
@@ -253,8 +256,9 @@ def load_dynamics(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> DynamicsMod
     try:
         if cfg.dynamics == "transformer":
             return TransformerDynamics.from_checkpoint(
-                cfg.checkpoint, spec, device=cfg.device, env=env, reward=cfg.reward, bf16=cfg.bf16
-            )
+                cfg.checkpoint, spec, device=cfg.device, env=env, reward=cfg.reward, bf16=cfg.bf16,
+                compile=cfg.compile,
+            )  # fmt: skip
         return MLPDynamics.from_checkpoint(
             cfg.checkpoint, spec, device=cfg.device, reward=cfg.reward, seed=cfg.seed
         )
