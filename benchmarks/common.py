@@ -55,7 +55,7 @@ def planner_speed_table(record: dict[str, Any]) -> str:
     rows = [
         [name, f"{mpc[name]['control_steps_per_s']:.2f}", f"{mpc[name]['imagined_transitions_per_s']:,.0f}",
          f"{roll[f'{name}_s_median'] * 1e3:.1f}"]
-        for name in mpc  # kv, kv_eager (CUDA graphs off, GPU runs only), recompute
+        for name in mpc  # kv, kv_eager (GPU runs), kv_compiled (CPU runs), recompute
     ]  # fmt: skip
     return markdown_table(["rollout", "control steps/s", "imagined transitions/s", "one rollout (ms)"], rows)
 

@@ -145,8 +145,22 @@ def planner_speed(record: Record) -> str:
         f" on {record['device_name']}; model {model['provenance']} ({model['n_layer']} layers, "
         f"d={model['d_model']}, {model['params']:,} parameters){' — quick run' if cfg.get('quick') else ''}.\n\n"
         f"{planner_speed_table(record)}\n\nShared-prefix KV cache: {roll['speedup']:.1f}× faster per rollout "
-        f"than recomputing the window, largest difference {roll['max_abs_diff_next_obs']:.1e}. {targets}."
+        f"than recomputing the window, largest difference {_diff(roll, 'recompute'):.1e}."
+        + (
+            f" Compiled (`TransformerDynamics(compile=True)`, `kv_compiled`): {roll['compile_speedup']:.2f}× "
+            f"faster per rollout than eager KV decoding (largest difference {_diff(roll, 'kv_compiled'):.1e}), "
+            f"after a first control step of {record['mpc']['kv_compiled']['warmup_s']:.0f} s that compiled."
+            if "compile_speedup" in roll
+            else ""
+        )
+        + f" {targets}."
     )
+
+
+def _diff(roll: dict[str, Any], name: str) -> float:
+    """Largest |next_obs| difference of rollout variant ``name`` from the KV rollout (older records: of all)."""
+    per_variant = roll.get("max_abs_diff_from_kv")
+    return float(per_variant[name]["next_obs"] if per_variant else roll["max_abs_diff_next_obs"])
 
 
 def backbone(record: Record) -> str:

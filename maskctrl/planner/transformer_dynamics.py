@@ -28,8 +28,9 @@ Compiling. On a CPU the decoding is a few hundred small kernels per imagined ste
 N candidates, and the LayerNorms, GELUs, softmaxes and additions between them). With ``compile=True`` each
 step runs :func:`~maskctrl.models.kv_cache.decode_fixed` compiled by ``torch.compile``: the same tensor
 shapes at every step (attention over the whole per-candidate buffer, masked), so one graph serves every
-step and the pointwise work is fused. The default HalfCheetah model's N=512, H=15 rollout took about
-0.65x the eager time on a 2-core CPU (``benchmarks/planner_speed.py``).
+step and the pointwise work is fused. The default HalfCheetah model's N=512, H=15 rollout took 0.57-0.74x
+the eager time on a 2-core CPU in four runs of ``benchmarks/planner_speed.py``. Compiling on a GPU (in
+place of the CUDA graphs) works the same way but has not been measured.
 
 Weights. Decoding projects queries, keys and values with per-position copies of the weights that have
 the rotary rotation folded in (:class:`~maskctrl.models.kv_cache.FoldedProjections`), and graphs capture
