@@ -127,7 +127,9 @@ class TransformerDynamics:
         (:func:`~maskctrl.models.kv_cache.decode_fixed`; see the module docstring), in place of the
         CUDA graphs on a GPU. The first rollouts compile (about 30 s each on a 2-core CPU: one for the
         first candidate count, one shape-general graph when another count comes); later ones run
-        faster. Needs a C++ compiler for inductor's CPU code. Off by default.
+        faster. The graphs are torch's per-function cache, shared by every instance in the process:
+        past torch's recompile limit (many models or shapes), decoding runs uncompiled and torch warns.
+        Needs a C++ compiler for inductor's CPU code. Off by default.
     """
 
     def __init__(
