@@ -199,3 +199,9 @@ def test_compile_flag_reaches_the_transformer_dynamics(tmp_path: Path) -> None:
         assert isinstance(dynamics, TransformerDynamics)
         assert (dynamics._decode_fixed is not None) == flag  # compiled lazily, at the first rollout
     env.close()
+
+
+def test_compile_flag_needs_the_transformer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--dynamics", "oracle", "--compile", "--out-dir", str(tmp_path)]) != 0
+    assert "--compile applies to --dynamics transformer, not oracle" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any episode ran

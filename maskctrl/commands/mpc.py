@@ -377,6 +377,8 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         raise CommandError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise CommandError(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    if cfg.compile and cfg.dynamics != "transformer":
+        raise CommandError(f"--compile applies to --dynamics transformer, not {cfg.dynamics}")
     existing = next(path for path in (cfg.out_dir, *cfg.out_dir.parents) if path.exists())
     if not existing.is_dir():  # the results are written after every episode ran: fail now, not then
         where = "" if existing == cfg.out_dir else f" cannot be created: {existing}"
@@ -396,6 +398,11 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         except FileNotFoundError as err:
             raise CommandError(f"--dynamics transformer without --checkpoint: {err}") from err
         print(f"maskctrl mpc: using the shipped backbone {checkpoint}", file=sys.stderr)
+    if cfg.compile:
+        print(
+            "maskctrl mpc: --compile: the first control step compiles (about 30-40 s on a CPU)",
+            file=sys.stderr,
+        )
     return replace(cfg, device=str(device), checkpoint=checkpoint)
 
 
