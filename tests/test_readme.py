@@ -71,6 +71,9 @@ ALLOWED: dict[str, Allowed] = {
     "python examples/mpc_oracle.py --quick": Allowed(
         "about 10 s of oracle planning", "the slow test here", slow=True
     ),
+    "python examples/mpc_transformer.py --quick": Allowed(
+        "about 10 s of transformer planning on Reacher", "the slow test here", slow=True
+    ),
     "python examples/bc_reacher.py --quick": MINUTE,
     "python examples/sb3_ppo_pretrained.py --quick": MINUTE,
     ".venv-imitation/bin/python examples/imitation_bc.py --quick": MINUTE,
