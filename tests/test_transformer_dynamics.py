@@ -419,3 +419,18 @@ def test_compiled_rollout_equals_full_recompute() -> None:
     torch.testing.assert_close(out.reward, ref_rew, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="compile and cuda_graphs are alternatives"):
         TransformerDynamics(model, norm, toy_spec(), compile=True, cuda_graphs=True)
+
+
+def test_a_failed_compilation_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise BackendCompilerFailed(None, RuntimeError("no C++ compiler found"), None)
+
+        return call
+
+    monkeypatch.setattr(td.torch, "compile", broken)
+    dyn = TransformerDynamics(make_model(), make_normalizer(), toy_spec(), compile=True)
+    with pytest.raises(RuntimeError, match=r"no C\+\+ compiler found\). On a CPU, .* pass compile=False"):
+        dyn.rollout(make_history(4, 0), candidates(3, 2))

@@ -432,7 +432,19 @@ class TransformerDynamics:
         if cache.length + q_len > cache.keys[0].shape[3]:
             raise ValueError(f"decode cache holds {cache.keys[0].shape[3]} tokens, {cache.length} used")
         folded = self._folded.at(cache.prefix.keys[0].shape[2] + cache.length, q_len)
-        out = self._decode_fixed(self.model, cache, tokens, self._slots[cache.length], folded, last_only)
+        try:
+            out = self._decode_fixed(self.model, cache, tokens, self._slots[cache.length], folded, last_only)
+        except Exception as err:
+            # torch.compile imported torch._dynamo already; importing it at module level costs ~1 s.
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            if not isinstance(err, BackendCompilerFailed):
+                raise
+            raise RuntimeError(
+                "TransformerDynamics(compile=True): torch.compile failed to compile the decoding step "
+                f"({type(err.inner_exception).__name__}: {err.inner_exception}). On a CPU, inductor needs a "
+                "working C++ compiler; pass compile=False (maskctrl mpc without --compile) to decode eagerly"
+            ) from err
         cache.length += q_len
         return out
 
