@@ -391,6 +391,7 @@ def test_cuda_graphs_need_a_cuda_model() -> None:
 def _rollouts_and_policy_samples(dyn: TransformerDynamics) -> list[torch.Tensor]:
     history = make_history(6, 2)
     out = [dyn.rollout(history, candidates(n, 5, seed=n)).next_obs for n in (7, 4)]
+    out.append(dyn.rollout(history, candidates(3, 12)).next_obs)  # two windows: 3 histories, 1 candidate each
     gen = torch.Generator().manual_seed(0)
     return [*out, dyn.policy_samples(history, 3, 5, generator=gen)]
 
