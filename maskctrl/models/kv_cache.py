@@ -121,6 +121,13 @@ class DecodeCache:
     length: int = 0
     """Number of imagined tokens decoded so far."""
 
+    def next_position(self, q_len: int) -> int:
+        """Window token index of the next new token, after checking that ``q_len`` more tokens fit."""
+        capacity = self.keys[0].shape[3]
+        if self.length + q_len > capacity:
+            raise ValueError(f"decode cache holds {capacity} tokens, {self.length} used, {q_len} more given")
+        return self.prefix.keys[0].shape[2] + self.length
+
     def zero_values(self) -> None:
         """Zero the value buffers: :func:`decode_fixed` reads every slot (empty ones with weight 0,
         and ``0 * nan`` would be nan if a buffer kept a non-finite value from an earlier rollout)."""
@@ -306,10 +313,7 @@ def decode(
     ``folded``: project with these :class:`FoldedProjections` of ``model`` (faster, same result).
     """
     q_len = tokens.shape[2]
-    capacity = cache.keys[0].shape[3]
-    if cache.length + q_len > capacity:
-        raise ValueError(f"decode cache holds {capacity} tokens, {cache.length} used, {q_len} more given")
-    first = cache.prefix.keys[0].shape[2] + cache.length  # window token index of tokens[:, :, 0]
+    first = cache.next_position(q_len)  # window token index of tokens[:, :, 0]
     tables = None if folded is None else folded.at(first, q_len)
     rotary = (
         None
@@ -349,8 +353,8 @@ def decode_fixed(
     value buffers before a rollout (:meth:`DecodeCache.zero_values`).
 
     :param position: ``cache.length`` as a 0-d integer tensor, the slot of ``tokens[:, :, 0]``.
-    :param folded: :meth:`FoldedProjections.at` for the tokens' window positions (first one
-        ``P + cache.length`` with P the prefix length).
+    :param folded: :meth:`FoldedProjections.at` for the tokens' window positions (the first one is
+        :meth:`DecodeCache.next_position`, which also checks the room left).
     Does not advance ``cache.length``; the caller does. Returns what :func:`decode` returns.
     """
     q_len = tokens.shape[2]

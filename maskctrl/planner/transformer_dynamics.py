@@ -429,9 +429,7 @@ class TransformerDynamics:
         if self._decode_fixed is None:
             return decode(self.model, cache, tokens, last_only=last_only, folded=self._folded)
         q_len = tokens.shape[2]
-        if cache.length + q_len > cache.keys[0].shape[3]:
-            raise ValueError(f"decode cache holds {cache.keys[0].shape[3]} tokens, {cache.length} used")
-        folded = self._folded.at(cache.prefix.keys[0].shape[2] + cache.length, q_len)
+        folded = self._folded.at(cache.next_position(q_len), q_len)
         try:
             out = self._decode_fixed(self.model, cache, tokens, self._slots[cache.length], folded, last_only)
         except Exception as err:
