@@ -298,7 +298,17 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "return 880-1075), as every moving state in its data led to a fall. With the forward pay "
             "tripled up to 1.2 m/s it moved: seed 1 returned 1601 (1000 steps), but seeds 0 and 2 fell "
             "(1234, 868), and one refit of the value on 4 of its own episodes (all fell) fell sooner "
-            "(481, 785 on seeds 0-1). Next: far more data per refit (POLO) or a pessimistic ensemble value."
+            "(481, 785 on seeds 0-1). A pessimistic safety critic did not fix it either: 5 MLPs fitted "
+            "(BCE) to 0.95^(steps until the fall) on 16-19 oracle episodes (the 12 above and 4-7 value- or "
+            "critic-guided ones on reset seeds 100-302), mean + std of their fall probability at the "
+            "horizon's last state charged 1000, forward pay tripled. Seeds 0-2 returned 1642/378/675 (cap "
+            "1.2 m/s), then after a refit 1293/199/1442 (cap 0.9) and 661/1384/326 (cap 1.2): a fall in 6 "
+            "of 9 runs. On the refitted critic's 4 falls its fall probability rose only ~10 steps before "
+            "the fall (<= 0.2 at 20-40 steps before), later than the 40-step horizon itself sees a fall: "
+            "it did not generalize to the new states. With 20 blocks (0.64 s) and 3x forward pay, no critic: all 3 seeds fell "
+            "(929, 663, 163); with the critic: stood still (seed 0: 1028). Next: a value trained on far "
+            "more (hundreds of) episodes, or a longer horizon at a larger budget than 5 steps/s on 2 cores "
+            "allows."
         ),
     )
 
