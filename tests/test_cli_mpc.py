@@ -205,3 +205,40 @@ def test_compile_flag_needs_the_transformer(tmp_path: Path, capsys: pytest.Captu
     assert main([*TINY, "--dynamics", "oracle", "--compile", "--out-dir", str(tmp_path)]) != 0
     assert "--compile applies to --dynamics transformer, not oracle" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any episode ran
+
+
+def test_reward_flag_picks_what_the_planner_scores() -> None:
+    """--reward spec: the spec's shaped planning objective of the imagined transitions; --reward model:
+    the model's reward head (it had no effect for envs with a planning objective before)."""
+    from maskctrl.commands.mpc import MPCCommandConfig, build_controller
+    from maskctrl.planner.dynamics import previous_observations
+
+    spec = get_spec("HalfCheetah")
+    env = spec.make()
+    obs, _ = env.reset(seed=0)
+    actions = torch.rand(4, 15, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N,H,A]
+    scores = {}
+    for reward in ("spec", "model"):
+        cfg = MPCCommandConfig(
+            env="HalfCheetah",
+            dynamics="transformer",
+            checkpoint=CHECKPOINT_ROOT / "HalfCheetah",
+            reward=reward,
+        )
+        controller = build_controller(cfg, spec, env)
+        controller.reset(1)
+        controller.histories.push(torch.as_tensor(obs[None], dtype=torch.float32))
+        history = controller.history(0)
+        out = controller.dynamics.rollout(history, actions)
+        prev = previous_observations(history.current_obs, out.next_obs)
+        assert spec.planning_reward_fn is not None
+        expected = spec.planning_reward_fn(prev, actions, out.next_obs) if reward == "spec" else out.reward
+        scores[reward] = controller._objective(history, actions)
+        torch.testing.assert_close(scores[reward], expected.sum(1))
+    assert (scores["spec"] - scores["model"]).abs().max() > 0.1  # the two objectives differ
+
+
+def test_reward_model_flag_needs_learned_dynamics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--dynamics", "oracle", "--reward", "model", "--out-dir", str(tmp_path)]) != 0
+    assert "--reward model applies to learned dynamics" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -75,7 +75,9 @@ class MPCCommandConfig:
     discount: float = 1.0
     """Per-step discount of the planning return."""
     reward: Literal["spec", "model"] = "spec"
-    """Learned dynamics: rewards from the env spec's function or the model's reward head."""
+    """Learned dynamics: what the planner scores. "spec": the env spec's functions of the imagined
+    transitions (its shaped planning objective where it has one, e.g. HalfCheetah, Hopper); "model": the
+    model's reward head, unshaped."""
     bf16: bool = False
     """Transformer: bfloat16 autocast (meant for CUDA)."""
     compile: bool = False
@@ -219,6 +221,7 @@ def mpc_config(cfg: MPCCommandConfig) -> Any:
         seed=cfg.seed,
         device=cfg.device,
         discount=cfg.discount,
+        use_planning_reward=cfg.reward == "spec",
         policy_prior_fraction=policy_prior_fraction(cfg),
         **changes,
     )
@@ -379,6 +382,8 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         raise CommandError(f"--max-steps must be >= 1, got {cfg.max_steps}")
     if cfg.compile and cfg.dynamics != "transformer":
         raise CommandError(f"--compile applies to --dynamics transformer, not {cfg.dynamics}")
+    if cfg.reward == "model" and cfg.dynamics == "oracle":
+        raise CommandError("--reward model applies to learned dynamics; the oracle's rewards are the env's")
     existing = next(path for path in (cfg.out_dir, *cfg.out_dir.parents) if path.exists())
     if not existing.is_dir():  # the results are written after every episode ran: fail now, not then
         where = "" if existing == cfg.out_dir else f" cannot be created: {existing}"
