@@ -99,6 +99,9 @@ class BenchConfig:
     """Oracle MPC horizon (None: the env's preset)."""
     expert_iterations: int | None = None
     """Oracle MPC iterations (None: the env's preset)."""
+    expert_return_mode: Literal["best", "mean"] | None = None
+    """The action the oracle expert emits: its best candidate's or the optimizer's final mean (None: the
+    optimizer's default; see ``maskctrl collect --return-mode``)."""
     seed: int = 0
     """Seed of the demonstrations (episode i reset with seed + i) and of the random policy."""
     data_dir: Path = Path("runs/bench_bc/data")
@@ -142,12 +145,14 @@ def demonstrations(cfg: BenchConfig, env: str) -> tuple[EpisodeData, dict[int, P
         "samples": cfg.expert_samples,
         "horizon": cfg.expert_horizon,
         "iterations": cfg.expert_iterations,
+        "return_mode": cfg.expert_return_mode,
     }
     collect = CollectConfig(env=env, policy="oracle-mpc", out=cfg.data_dir, seed=cfg.seed, **given)
     mpc = expert_config(collect)
     total = max(cfg.episodes)
     steps = "full" if cfg.max_steps is None else cfg.max_steps
-    budget = f"N{mpc.samples}H{mpc.horizon}I{mpc.iterations}"
+    mode = "" if cfg.expert_return_mode is None else f"-{cfg.expert_return_mode}"
+    budget = f"N{mpc.samples}H{mpc.horizon}I{mpc.iterations}{mode}"
     stem = f"expert-{total}x{steps}-{budget}-{objective_tag(env)}-seed{cfg.seed}"
     root = cfg.data_dir / env / stem
     if (root / "episodes.npz").is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,21 @@ def test_oracle_mpc_keeps_the_pendulum_up_over_sub_envs(tmp_path: Path) -> None:
     assert data.lengths.tolist() == [30, 30, 30] and data.truncated.all() and not data.terminated.any()
     for j in range(3):
         _replay(data, j, from_seed=True)
+
+
+@pytest.mark.parametrize("optimizer", ["icem", "mppi"])
+def test_cli_oracle_mpc_return_mode_reaches_the_optimizer(tmp_path: Path, optimizer: str) -> None:
+    """--return-mode mean: the expert emits the optimizer's final mean (recorded in the metadata)."""
+    from maskctrl.commands.collect import CollectConfig, oracle_mpc_factory
+    from maskctrl.envs.registry import get_spec
+
+    cfg = CollectConfig(env="pointmass", policy="oracle-mpc", optimizer=optimizer, out=tmp_path, samples=16)
+    env = get_spec("pointmass").make()
+    for mode in (None, "best", "mean"):
+        controller = oracle_mpc_factory(replace(cfg, return_mode=mode))([env])
+        default = "mean" if optimizer == "mppi" else "best"
+        assert controller.optimizer.config.return_mode == (mode or default)
+    args = ["--env", "pointmass", "--episodes", "1", "--max-steps", "5", "--no-progress"]
+    mpc = ["--policy", "oracle-mpc", "--optimizer", optimizer, "--samples", "16", "--horizon", "4"]
+    assert collect_main([*args, *mpc, "--return-mode", "mean", "--out", str(tmp_path / "mean")]) == 0
+    assert "return_mode=mean" in load_episodes(tmp_path / "mean").metadata["policy"]

@@ -54,6 +54,10 @@ class CollectConfig:
     """oracle-mpc: candidates N per optimizer iteration (None: the env's preset)."""
     iterations: int | None = None
     """oracle-mpc: optimizer iterations per control step (None: the env's preset)."""
+    return_mode: Literal["best", "mean"] | None = None
+    """oracle-mpc: the action the expert emits: the best candidate's ("best") or the optimizer's final
+    mean ("mean": less sampling noise in the actions, easier to imitate); None: the optimizer's default
+    (best for cem/icem, mean for mppi)."""
     nthread: int = 2
     """oracle-mpc: threads of the oracle's mujoco.rollout pool."""
     progress: bool = True
@@ -87,6 +91,8 @@ def expert_config(cfg: CollectConfig) -> Any:
 
     given: dict[str, Any] = {"horizon": cfg.horizon, "samples": cfg.samples, "iterations": cfg.iterations}
     changes = {key: value for key, value in given.items() if value is not None}
+    if cfg.return_mode is not None:
+        changes["optimizer_overrides"] = {"return_mode": cfg.return_mode}
     return preset_config(cfg.env, cfg.optimizer, seed=cfg.seed, **changes)
 
 
@@ -98,7 +104,12 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
     if cfg.policy == "oracle-mpc":
         policy: Any = oracle_mpc_factory(cfg)
         mpc = expert_config(cfg)
-        name = f"oracle-mpc ({mpc.optimizer}, N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations})"
+        mode = mpc.optimizer_overrides.get("return_mode")
+        name = (
+            f"oracle-mpc ({mpc.optimizer}, N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations}"
+            + ("" if mode is None else f", return_mode={mode}")
+            + ")"
+        )
     else:
         policy, name = "random", "random"
     _check_out(cfg.out, cfg.overwrite)  # fail before collecting, not after
