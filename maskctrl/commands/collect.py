@@ -56,8 +56,8 @@ class CollectConfig:
     """oracle-mpc: optimizer iterations per control step (None: the env's preset)."""
     return_mode: Literal["best", "mean"] | None = None
     """oracle-mpc: the action the expert emits: the best candidate's ("best") or the optimizer's final
-    mean ("mean": less sampling noise in the actions, easier to imitate); None: the optimizer's default
-    (best for cem/icem, mean for mppi)."""
+    mean ("mean": less sampling noise in the actions); None: the optimizer's default (best for cem/icem,
+    mean for mppi)."""
     nthread: int = 2
     """oracle-mpc: threads of the oracle's mujoco.rollout pool."""
     progress: bool = True
