@@ -305,12 +305,12 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "1.2 m/s), then after a refit 1293/199/1442 (cap 0.9) and 661/1384/326 (cap 1.2): a fall in 6 "
             "of 9 runs. On the refitted critic's 4 falls its fall probability rose only ~10 steps before "
             "the fall (<= 0.2 at 20-40 steps before), later than the 40-step horizon itself sees a fall: "
-            "it did not generalize to the new states. With 20 blocks (0.64 s) and 3x forward pay, no critic: all 3 seeds fell "
-            "(929, 663, 163); with the critic: stood still (seed 0: 1028). Replanning every 2 steps (20 "
-            "blocks of 2, the same 0.32 s), no critic: seed 0 fell at step 403 (543), and with forward "
-            "x3 all 3 seeds fell within 203 steps. Next: a value trained on far "
-            "more (hundreds of) episodes, or a longer horizon at a larger budget than 5 steps/s on 2 cores "
-            "allows."
+            "it did not generalize to the new states. With 20 blocks (0.64 s) and 3x forward pay up to "
+            "1.0 m/s, no critic: all 3 seeds fell (929, 663, 163); with the critic: stood still (seed 0: "
+            "1028). Replanning every 2 steps (20 blocks of 2, the same 0.32 s), no critic: seed 0 fell at "
+            "step 403 (543), and with forward x3 all 3 seeds fell within 203 steps. Next: a value trained "
+            "on far more (hundreds of) episodes, or a longer horizon at a larger budget than 5 steps/s on "
+            "2 cores allows."
         ),
     )
 
