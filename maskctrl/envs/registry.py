@@ -311,7 +311,7 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "step 403 (543), and with forward x3 all 3 seeds fell within 203 steps. More data did help: "
             "the same critic fitted on 211 episodes (192 more, from a cheaper planner, N=32 and 2 "
             "iterations, forward x3 up to 1.0 m/s, 92 of them guided by the 19-episode critic; 205 "
-            "fell) flagged the earlier falls 40 steps ahead (0.16-0.51) and, with the preset planner, "
+            "fell) read 0.08-0.51 on the earlier falls 40 steps ahead and, with the preset planner, "
             "forward x3 up to 1.0 m/s, held all 1000 steps on seeds 0-2: 1474, 1465, 1460 (x 3.7-3.8 "
             "m); up to 1.2 m/s also without a fall: 1569, 1679, 1551 (mean 1600; 5.9-6.1 steps/s with "
             "three runs sharing the 2 cores). Not shipped yet (experiment scripts, not a project script)."
