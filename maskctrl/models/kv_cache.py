@@ -233,7 +233,7 @@ def _decode_block(
     later: torch.Tensor | None,
     last_only: bool = False,
     folded: tuple[torch.Tensor, torch.Tensor] | None = None,
-    position: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One block over new tokens ``x [B, N, q, D]``, appending their keys and values to the cache.
 
@@ -241,9 +241,9 @@ def _decode_block(
     ``last_only``: the keys and values of every new token are cached, but attention and MLP run for the
     last token alone and ``[B, N, 1, D]`` is returned (the final block, when only the last token's
     output is read). ``folded``: this block's :class:`FoldedProjections` weights and biases for the new
-    tokens' positions (then ``rotary`` is not used). ``position``: shape-stable mode (see
-    :func:`decode_fixed`): the new tokens go to buffer slots ``position, position + 1, ...`` (a 0-d
-    tensor), attention reads the whole buffer, and ``later [q, S]`` must cover every slot.
+    tokens' positions (then ``rotary`` is not used). ``slots``: shape-stable mode (see
+    :func:`decode_fixed`): the new tokens go to these buffer slots ``[q]``, attention reads the whole
+    buffer, and ``later [q, S]`` must cover every slot.
     """
     batch, n, q_len, width = x.shape
     attn = block.attn
@@ -256,19 +256,18 @@ def _decode_block(
         qkv = torch.baddbmm(folded[1], tokens, folded[0])  # [q, B*N, 3D]
         qkv = qkv.view(q_len, batch, n, 3, attn.n_head, width // attn.n_head)
         q, k, v = qkv.permute(3, 1, 4, 2, 0, 5).unbind(0)  # [B, h, N, q, hd] each
-    if position is None:
+    if slots is None:
         start, end = cache.length, cache.length + q_len
         cache.keys[layer][:, :, :, start:end] = k
         cache.values[layer][:, :, :, start:end] = v
         new_k = cache.keys[layer][:, :, :, :end]  # [B, h, N, S, hd]
         new_v = cache.values[layer][:, :, :, :end]
     else:  # the same shapes at every step; slots not written yet are masked by `later`
-        slots = position + torch.arange(q_len, device=x.device)  # [q]
         cache.keys[layer].index_copy_(3, slots, k)
         cache.values[layer].index_copy_(3, slots, v)
         new_k, new_v = cache.keys[layer], cache.values[layer]  # [B, h, N, S_max, hd]
     if last_only and q_len > 1:  # the last token sees every new token (and, shape-stable, no later slot)
-        last_later = None if later is None or position is None else later[-1:]
+        last_later = None if later is None or slots is None else later[-1:]
         q, x, later, q_len = q[:, :, :, -1:], x[:, :, -1:], last_later, 1
     prefix_k, prefix_v = cache.prefix.keys[layer], cache.prefix.values[layer]  # [B, h, P, hd]
     n_head, head_dim = q.shape[1], q.shape[-1]
@@ -278,7 +277,7 @@ def _decode_block(
     q_flat = q.reshape(batch, n_head, n * q_len, head_dim)  # [B, h, N*q, hd]
     scores_prefix = (q_flat @ prefix_k.transpose(-1, -2)).view(batch, n_head, n, q_len, n_prefix)
     scores_prefix = scores_prefix + cache.prefix.key_bias  # [B, h, N, q, P]
-    if position is None:
+    if slots is None:
         scores_new = q @ new_k.transpose(-1, -2)  # [B, h, N, q, S]
     else:  # as products and sums, which inductor fuses (about 10% faster compiled than B*h*N tiny bmms)
         scores_new = (q.unsqueeze(-2) * new_k.unsqueeze(-3)).sum(-1)  # [B, h, N, q, S_max]
@@ -287,7 +286,7 @@ def _decode_block(
     probs = torch.cat([scores_prefix, scores_new], dim=-1).softmax(dim=-1)  # [B, h, N, q, P+S]
     probs_prefix, probs_new = probs.split([n_prefix, new_k.shape[3]], dim=-1)
     y = (probs_prefix.reshape(batch, n_head, n * q_len, n_prefix) @ prefix_v).view(q.shape)
-    if position is None:
+    if slots is None:
         y = y + probs_new @ new_v  # [B, h, N, q, hd]
     else:
         y = y + (probs_new.unsqueeze(-1) * new_v.unsqueeze(-3)).sum(-2)  # [B, h, N, q, hd]
@@ -365,7 +364,7 @@ def decode_fixed(
     blocks = _blocks(model)
     for layer, block in enumerate(blocks):
         last = last_only and layer == len(blocks) - 1
-        x = _decode_block(block, x, cache, layer, None, later, last, folded[layer], position)
+        x = _decode_block(block, x, cache, layer, None, later, last, folded[layer], slots)
     return model.ln_f(x)
 
 
