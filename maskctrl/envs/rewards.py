@@ -18,6 +18,7 @@ Observation layouts (default ``exclude_current_positions_from_observation=True``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -257,3 +258,33 @@ def hopper_planning_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch
     )
     healthy = hopper_healthy(next_obs).to(next_obs.dtype)
     return HOPPER_HEALTHY_REWARD * healthy + forward - HOPPER_CTRL_COST * act.square().sum(-1) - posture
+
+
+HOPPER_CRITIC_SPEED_CAP = 1.2
+"""Speed (m/s) up to which :func:`hopper_critic_planning_reward` pays its extra forward bonus."""
+
+
+def make_hopper_critic_planning_reward(
+    speed_cap: float = HOPPER_CRITIC_SPEED_CAP, bonus: float = 2.0
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Hopper objective for planning with a safety critic: :func:`hopper_planning_reward` plus
+    ``bonus * min(speed, speed_cap)``.
+
+    Alone, the posture costs and the 0.8 m/s cap of :func:`hopper_planning_reward` keep the hopper slow
+    (oracle iCEM: 1132 over seeds 0-2) and faster objectives fell. A learned fall probability at the
+    horizon's end (:class:`~maskctrl.planner.critic.FallPenalty`) is what makes more speed safe: with it,
+    forward pay is tripled up to 0.8 m/s and flat (2.4 per step) up to ``speed_cap``, beyond which the base
+    reward's overspeed charge takes it down again.
+    """
+
+    def hopper_critic_planning_reward(
+        obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+    ) -> torch.Tensor:
+        speed = 0.5 * (obs[..., HOPPER_VEL_INDEX] + next_obs[..., HOPPER_VEL_INDEX])
+        return hopper_planning_reward(obs, act, next_obs) + bonus * speed.clamp(max=speed_cap)
+
+    return hopper_critic_planning_reward
+
+
+hopper_critic_planning_reward = make_hopper_critic_planning_reward()
+"""The Hopper planning objective the shipped safety critic is used with (speed cap 1.2 m/s)."""

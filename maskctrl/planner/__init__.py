@@ -1,8 +1,9 @@
 """maskctrl.planner: trajectory optimizers, dynamics models and the MPC controller that joins them."""
 
+from maskctrl.planner.critic import FallPenalty, SafetyCritic, fit_safety_critic, load_critic, save_critic
 from maskctrl.planner.dynamics import DynamicsModel, History, Rollout
 from maskctrl.planner.mlp_dynamics import MLPDynamics
-from maskctrl.planner.mpc import MPCConfig, MPCController, PolicyPrior, planning_return
+from maskctrl.planner.mpc import MPCConfig, MPCController, PolicyPrior, TerminalValue, planning_return
 from maskctrl.planner.optimizers import (
     CEM,
     ICEM,
@@ -24,6 +25,7 @@ __all__ = [
     "MPPI",
     "CEMConfig",
     "DynamicsModel",
+    "FallPenalty",
     "History",
     "ICEMConfig",
     "MLPDynamics",
@@ -35,8 +37,13 @@ __all__ = [
     "PlanState",
     "PolicyPrior",
     "Rollout",
+    "SafetyCritic",
+    "TerminalValue",
     "TrajectoryOptimizer",
     "TransformerDynamics",
+    "fit_safety_critic",
+    "load_critic",
     "make_optimizer",
     "planning_return",
+    "save_critic",
 ]

@@ -11,7 +11,7 @@ rollouts and DAgger accept it as a policy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -20,7 +20,7 @@ import torch
 from gymnasium import spaces
 
 from maskctrl.devices import resolve_device
-from maskctrl.envs.registry import EnvSpec
+from maskctrl.envs.registry import EnvSpec, RewardFn
 from maskctrl.planner.dynamics import DynamicsModel, History, previous_observations
 from maskctrl.planner.history import EnvHistories, check_observations, starting_envs
 from maskctrl.planner.optimizers import CEMConfig, ICEMConfig, PlanState, TrajectoryOptimizer, make_optimizer
@@ -79,6 +79,12 @@ class MPCConfig:
         return min(max(1, round(self.policy_prior_fraction * self.samples)), self.samples - 1)
 
 
+TerminalValue = Callable[[torch.Tensor], torch.Tensor]
+"""``value(obs [N,O]) -> [N]``: the worth of ending a plan in ``obs`` (e.g.
+:class:`~maskctrl.planner.critic.FallPenalty`), added to the planning return of candidates that did not
+terminate inside the horizon."""
+
+
 @runtime_checkable
 class PolicyPrior(Protocol):
     """A dynamics model that can also propose action sequences (e.g. from a policy head)."""
@@ -120,6 +126,12 @@ class MPCController:
     :param config: planning settings.
     :param optimizer: a ready optimizer, which then decides samples, iterations and horizon (default:
         ``make_optimizer(config.optimizer, ...)`` from the config).
+    :param terminal_value: scores the last imagined observation of every candidate alive there; added,
+        discounted by ``discount ** (horizon * action_repeat)``, to its planning return (a non-finite
+        value makes that candidate the worst). None: no terminal value.
+    :param planning_reward_fn: the per-step objective to plan with instead of the spec's
+        ``planning_reward_fn`` (with ``use_planning_reward``); e.g. the reward a terminal value was
+        tuned with (:func:`maskctrl.planner.presets.preset_objective`).
     """
 
     def __init__(
@@ -130,8 +142,14 @@ class MPCController:
         config: MPCConfig | None = None,
         *,
         optimizer: TrajectoryOptimizer | None = None,
+        terminal_value: TerminalValue | None = None,
+        planning_reward_fn: RewardFn | None = None,
     ) -> None:
         self.config = config if config is not None else MPCConfig()
+        self.terminal_value = terminal_value
+        self.planning_reward_fn = (
+            planning_reward_fn if planning_reward_fn is not None else spec.planning_reward_fn
+        )
         if action_space.shape != (spec.act_dim,):
             raise ValueError(
                 f"spec {spec.name!r} expects actions ({spec.act_dim},), action_space is {action_space.shape}"
@@ -290,7 +308,7 @@ class MPCController:
             actions = actions.repeat_interleave(self.config.action_repeat, dim=1)  # [N,H*r,A]
         out = self.dynamics.rollout(history, actions)
         reward = out.reward
-        planning_fn = self.spec.planning_reward_fn
+        planning_fn = self.planning_reward_fn
         if self.config.use_planning_reward and planning_fn is not None:
             prev_obs = previous_observations(history.current_obs, out.next_obs)  # [N,H,O]
             reward = planning_fn(prev_obs, actions.to(out.next_obs), out.next_obs)
@@ -300,4 +318,13 @@ class MPCController:
             discount=self.config.discount,
             termination_penalty=self.spec.termination_penalty,
         )
+        if self.terminal_value is not None:
+            value = self.terminal_value(out.next_obs[:, -1]).to(returns)  # [N]
+            if value.shape != returns.shape:
+                raise ValueError(
+                    f"terminal_value returned shape {tuple(value.shape)}, expected {tuple(returns.shape)}"
+                )
+            alive = ~out.terminated.any(dim=1)
+            discounted = self.config.discount ** actions.shape[1] * value
+            returns = returns + torch.where(alive, discounted, torch.zeros_like(discounted))
         return returns.to(device=actions.device)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from maskctrl.envs import rewards
+from maskctrl.envs.registry import RewardFn
 from maskctrl.planner.mpc import MPCConfig
 
 OptimizerName = Literal["cem", "icem", "mppi"]
@@ -129,3 +132,59 @@ def objective_tag(env_name: str) -> str:
 
     name = getattr(get_spec(env_name).planning_objective, "__name__", "")
     return re.sub(r"[^A-Za-z0-9_.-]", "", name) or "objective"
+
+
+CRITIC_ROOT = Path(__file__).resolve().parent.parent / "critics"
+"""Where the shipped safety critics live: ``CRITIC_ROOT / <Env>`` (built by :mod:`maskctrl.critic_recipe`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CriticPreset:
+    """How an env's oracle planner uses its shipped safety critic (:mod:`maskctrl.planner.critic`)."""
+
+    planning_reward_fn: RewardFn
+    """The per-step objective planned with alongside the critic (replaces the spec's)."""
+    penalty: float = 1000.0
+    """Planning cost of a certain fall at the horizon's end."""
+    kappa: float = 1.0
+    """Pessimism: member standard deviations added to the mean fall probability."""
+
+
+CRITICS: dict[str, CriticPreset] = {
+    "Hopper": CriticPreset(
+        planning_reward_fn=rewards.hopper_critic_planning_reward, penalty=1000.0, kappa=1.0
+    ),
+}
+"""Envs whose oracle planner uses a safety critic by default. Hopper: forward pay tripled (up to 1.2 m/s)
+is safe only with the critic; see the Hopper spec's notes and ``benchmarks/results/mpc_oracle.md``."""
+
+
+def preset_objective(
+    env_name: str, *, critic: bool | str | Path = True, device: str = "cpu"
+) -> dict[str, Any]:
+    """Extra :class:`~maskctrl.planner.mpc.MPCController` keyword arguments of ``env_name``'s objective.
+
+    For an env in :data:`CRITICS` (with ``critic`` not False): ``terminal_value`` (a
+    :class:`~maskctrl.planner.critic.FallPenalty` over the shipped critic, or the one saved at ``critic``
+    when it is a path) and ``planning_reward_fn``. Otherwise ``{}`` (the spec's planning objective).
+    Tuned and measured with the oracle dynamics only.
+    """
+    preset = CRITICS.get(env_name)
+    if critic is False or preset is None:
+        if preset is None and not isinstance(critic, bool):
+            raise ValueError(f"env {env_name!r} has no safety-critic preset; known: {', '.join(CRITICS)}")
+        return {}
+    from maskctrl.envs.registry import get_spec
+    from maskctrl.planner.critic import FallPenalty, load_critic
+
+    path = CRITIC_ROOT / env_name if critic is True else Path(critic)
+    if critic is True and not path.exists():
+        raise FileNotFoundError(
+            f"the shipped {env_name} safety critic is missing at {path}; rebuild it with `make critics` "
+            "or plan without it"
+        )
+    net, _ = load_critic(path, obs_dim=get_spec(env_name).obs_dim, device=device)
+    return {
+        "terminal_value": FallPenalty(net, penalty=preset.penalty, kappa=preset.kappa, device=device),
+        "planning_reward_fn": preset.planning_reward_fn,
+    }
