@@ -17,7 +17,7 @@ IMITATION_SMOKE ?= tests/test_masks.py tests/test_transformer.py tests/test_dyna
 export MPLBACKEND ?= Agg
 export MUJOCO_GL ?= egl
 
-.PHONY: setup setup-imitation test lint typecheck unit imitation demo checkpoints bench docs clean
+.PHONY: setup setup-imitation test lint typecheck unit imitation demo checkpoints critics bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ demo: setup
 checkpoints: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.recipes
 	$(BIN)/python benchmarks/readme_results.py
+
+# Rebuild the Hopper safety critic shipped in maskctrl/critics/Hopper/ (see maskctrl/critic_recipe.py; ~40 min).
+critics: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.critic_recipe
 
 # API reference rendered from the docstrings by pdoc (installed into .venv on first use, not a dev dependency).
 DOCS_OUT ?= docs/api
