@@ -229,6 +229,7 @@ def run_row(env_name: str, method: Method, cfg: BenchConfig, models: dict[str, P
         env=env_name, dynamics="oracle" if method == "random" else method, checkpoint=models.get(method),
         optimizer=cfg.optimizer, samples=cfg.samples, horizon=cfg.horizon, iterations=cfg.iterations,
         seed=cfg.seed, device=cfg.device, nthread=cfg.nthread, progress=False,
+        no_critic=True,  # the same planner and objective for every dynamics model (Hopper's critic: oracle only)
     )  # fmt: skip
     policy: Any = RandomPolicy(env.action_space, cfg.seed) if method == "random" else None
     budget: dict[str, Any] = {}

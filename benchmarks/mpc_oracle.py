@@ -30,7 +30,7 @@ from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
 from maskctrl.planner.mpc import MPCController
 from maskctrl.planner.oracle import OracleDynamics
-from maskctrl.planner.presets import BUDGETS, OPTIMIZER_OVERRIDES, preset_config
+from maskctrl.planner.presets import BUDGETS, CRITICS, OPTIMIZER_OVERRIDES, preset_config, preset_objective
 
 Method = Literal["random", "cem", "icem", "mppi"]
 ENVS = ("InvertedPendulum", "Reacher", "HalfCheetah", "Hopper")
@@ -63,6 +63,9 @@ class BenchConfig:
     """Seed of resets, planners and the random policy."""
     nthread: int = 2
     """Threads of the mujoco.rollout pool."""
+    critic: bool = True
+    """Plan with the env's shipped safety critic and its objective where it has one (Hopper; see
+    maskctrl.planner.presets.CRITICS); --no-critic: the spec's planning objective only."""
     exact_observations: bool = False
     """Reacher: replay each imagined step's last substep for bit-exact observations (about half the
     speed; the planned returns matched the cheaper forward kinematics of the final state on every seed
@@ -92,6 +95,7 @@ def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResu
             spec,
             env.action_space,
             mpc,
+            **preset_objective(env_name, critic=cfg.critic),
         )
     with tqdm(total=episodes * max_steps, desc=f"{env_name} {method}", unit="step", leave=False) as bar:
         results = run_episodes(policy, env, episodes=episodes, seed=cfg.seed, on_step=bar.update)
@@ -133,6 +137,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
     speed = [r.steps_per_second for r in results]
     budget = BUDGETS[env_name]
     planned = method != "random"
+    critic = planned and cfg.critic and env_name in CRITICS
     ret_mean, ret_std = mean_std(returns)
     met = bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND) if planned else None
     print(
@@ -147,6 +152,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
         "iterations": budget.iterations if planned else None,
         "action_repeat": budget.action_repeat if planned else None,
         "overrides": OPTIMIZER_OVERRIDES.get(env_name, {}).get(method, {}) if planned else {},
+        "safety_critic": critic,
         "return_mean": ret_mean,
         "return_std": ret_std,
         "returns": returns,
@@ -161,7 +167,20 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
 
 def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -> str:
     """The markdown report: how it was measured, then one table row per (env, method)."""
-    headers = ["env", "method", "N", "H", "iters", "repeat", "return", "length", "steps/s", "target", "met"]
+    headers = [
+        "env",
+        "method",
+        "N",
+        "H",
+        "iters",
+        "repeat",
+        "critic",
+        "return",
+        "length",
+        "steps/s",
+        "target",
+        "met",
+    ]
     cells = [
         [
             r["env"],
@@ -170,6 +189,7 @@ def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -
             r["horizon"] or "-",
             r["iterations"] or "-",
             r.get("action_repeat") or "-",
+            "yes" if r.get("safety_critic") else "-",
             fmt_mean_std(r["returns"]),
             fmt_mean_std(r["lengths"], digits=0),
             fmt_mean_std(r["steps_per_second"]),
@@ -185,7 +205,8 @@ def render(rows: list[dict[str, Any]], cfg: BenchConfig, info: dict[str, Any]) -
         f"{cfg.seed + 1}, ...), {steps}; mujoco.rollout on {cfg.nthread} threads, torch on 1, "
         f"exact_observations={cfg.exact_observations}. Measured {', '.join(dates)} on {info['processor']} "
         f"x{info['cpu_count']}, a CPU shared with other jobs: speeds are lower bounds.\n"
-        f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s.\n\n"
+        f"'met': return >= target and every episode >= {MIN_STEPS_PER_SECOND:g} control steps/s. "
+        "'critic': planned with the env's shipped safety critic (maskctrl/critics/<Env>) and its objective.\n\n"
         f"{markdown_table(headers, cells)}\n"
     )
 

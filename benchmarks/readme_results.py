@@ -122,6 +122,7 @@ def mpc_oracle(record: Record) -> str:
             if planned is None
             else f"{planned['samples']} / {planned['horizon']} / {planned['iterations']}"
             + (f" (×{planned['action_repeat']} held)" if (planned.get("action_repeat") or 1) > 1 else "")
+            + (" + critic" if planned.get("safety_critic") else "")
         )
         speed = fmt_mean_std(by["icem"]["steps_per_second"]) if "icem" in by else "-"
         returns = [
@@ -131,7 +132,9 @@ def mpc_oracle(record: Record) -> str:
     headers = ["env", "N / H / iters", "random", "CEM", "iCEM", "MPPI", "iCEM steps/s"]
     return (
         f"{markdown_table(headers, cells)}\n\nPlanning in the true simulator (`mujoco.rollout`): the upper "
-        "bound a learned model can reach at the same budget."
+        'bound a learned model can reach at the same budget. "+ critic": planned with the env\'s shipped '
+        "safety critic (a learned fall probability at the horizon's end) and its objective, as `maskctrl mpc` "
+        "does by default for the oracle (see [Hopper's safety critic](#hoppers-safety-critic))."
     )
 
 

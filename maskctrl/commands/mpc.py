@@ -86,6 +86,12 @@ class MPCCommandConfig:
     policy_prior_fraction: float | None = None
     """Transformer: share of the candidates drawn from its policy head (0: off; None: the env's default,
     maskctrl.planner.presets.POLICY_PRIOR, for a backbone pretrained with the policy loss, else 0)."""
+    critic: Path | None = None
+    """Safety-critic directory (maskctrl.planner.critic) whose fall probability at the horizon's end the
+    planner pays for, with the env's critic objective (None: the env's shipped critic with the oracle,
+    maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise)."""
+    no_critic: bool = False
+    """Plan without a safety critic, with the spec's planning objective only."""
     plot_step: int = 10
     """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
     seed: int = 0
@@ -269,12 +275,31 @@ def load_dynamics(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> DynamicsMod
         raise CommandError(f"cannot use {cfg.checkpoint} as {cfg.dynamics} dynamics: {err}") from err
 
 
+def critic_objective(cfg: MPCCommandConfig, spec: EnvSpec) -> dict[str, Any]:
+    """The safety critic's controller arguments ``cfg`` asks for (``{}``: none); see ``--critic``."""
+    from maskctrl.planner.presets import CRITICS, preset_objective
+
+    if cfg.no_critic:
+        return {}
+    if cfg.critic is None and (cfg.dynamics != "oracle" or spec.name not in CRITICS):
+        return {}
+    try:
+        return preset_objective(
+            spec.name, critic=True if cfg.critic is None else cfg.critic, device=cfg.device
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise CommandError(f"cannot use the safety critic: {err}") from err
+
+
 def build_controller(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> MPCController:
     """An :class:`~maskctrl.planner.mpc.MPCController` for ``env`` as ``cfg`` describes."""
     from maskctrl.planner.mpc import MPCController
 
+    objective = critic_objective(cfg, spec)
     try:
-        return MPCController(load_dynamics(cfg, spec, env), spec, env.action_space, mpc_config(cfg))
+        return MPCController(
+            load_dynamics(cfg, spec, env), spec, env.action_space, mpc_config(cfg), **objective
+        )
     except ValueError as err:  # a bad budget, or e.g. a policy prior for a model without a policy
         raise CommandError(str(err)) from err
 
@@ -384,6 +409,12 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         raise CommandError(f"--compile applies to --dynamics transformer, not {cfg.dynamics}")
     if cfg.reward == "model" and cfg.dynamics == "oracle":
         raise CommandError("--reward model applies to learned dynamics; the oracle's rewards are the env's")
+    if cfg.critic is not None and cfg.no_critic:
+        raise CommandError("--critic and --no-critic contradict each other; give one")
+    if cfg.critic is not None and cfg.reward == "model":
+        raise CommandError(
+            "--critic plans with the critic's objective; --reward model scores the model's reward head"
+        )
     existing = next(path for path in (cfg.out_dir, *cfg.out_dir.parents) if path.exists())
     if not existing.is_dir():  # the results are written after every episode ran: fail now, not then
         where = "" if existing == cfg.out_dir else f" cannot be created: {existing}"
@@ -427,9 +458,11 @@ def run(cfg: MPCCommandConfig) -> dict[str, Any]:
         results = run_episodes(controller, env, episodes=cfg.episodes, seed=cfg.seed, on_step=bar.update)
     env.close()
     imagined = imagined_vs_real(cfg, spec, max_steps)
+    critic = controller.terminal_value is not None
     print(
         f"{cfg.env}: {cfg.dynamics} dynamics, {cfg.optimizer} "
-        f"(N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations})"
+        f"(N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations}"
+        f"{', safety critic' if critic else ''})"
     )
     print(format_table(results))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -439,10 +472,12 @@ def run(cfg: MPCCommandConfig) -> dict[str, Any]:
             **asdict(cfg),
             "out_dir": str(cfg.out_dir),
             "checkpoint": cfg.checkpoint and str(cfg.checkpoint),
+            "critic": cfg.critic and str(cfg.critic),
         },
         "mpc": {**asdict(mpc), "optimizer_overrides": dict(mpc.optimizer_overrides)},
         "episodes": [{**asdict(r), "steps_per_second": r.steps_per_second} for r in results],
         "summary": summarize(results),
+        "safety_critic": critic,
         "imagined_vs_real": imagined,
     }
     json_path, png_path = cfg.out_dir / f"{stem}.json", cfg.out_dir / f"{stem}.png"
