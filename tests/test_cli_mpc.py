@@ -242,3 +242,37 @@ def test_reward_model_flag_needs_learned_dynamics(tmp_path: Path, capsys: pytest
     assert main([*TINY, "--dynamics", "oracle", "--reward", "model", "--out-dir", str(tmp_path)]) != 0
     assert "--reward model applies to learned dynamics" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_hopper_oracle_plans_with_the_shipped_safety_critic_unless_told_not_to(tmp_path: Path) -> None:
+    from maskctrl.commands.mpc import MPCCommandConfig, critic_objective
+    from maskctrl.envs import rewards
+    from maskctrl.planner.critic import FallPenalty
+
+    small = ["--env", "Hopper", "--samples", "8", "--iterations", "1", "--episodes", "1", "--max-steps", "3"]
+    args = [*small, "--plot-step", "-1", "--no-progress"]
+    for extra, expected in (([], True), (["--no-critic"], False)):
+        out = tmp_path / str(expected)
+        assert main([*args, *extra, "--out-dir", str(out)]) == 0
+        record = json.loads(next(out.glob("Hopper_oracle_icem_seed0.json")).read_text())
+        assert record["safety_critic"] is expected
+    spec = get_spec("Hopper")
+    objective = critic_objective(MPCCommandConfig(env="Hopper"), spec)
+    assert isinstance(objective["terminal_value"], FallPenalty)
+    assert objective["planning_reward_fn"] is rewards.hopper_critic_planning_reward
+    # Learned dynamics keep the spec's objective unless a critic is named: the critic was tuned on the oracle.
+    assert critic_objective(MPCCommandConfig(env="Hopper", dynamics="transformer"), spec) == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--critic", "somewhere", "--no-critic"], "contradict"),
+        (["--critic", "missing-dir"], "no safety-critic preset"),
+    ],
+)
+def test_critic_flag_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main([*TINY, "--episodes", "1", *extra, "--out-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
