@@ -314,7 +314,13 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "fell) read 0.08-0.51 on the earlier falls 40 steps ahead and, with the preset planner, "
             "forward x3 up to 1.0 m/s, held all 1000 steps on seeds 0-2: 1474, 1465, 1460 (x 3.7-3.8 "
             "m); up to 1.2 m/s also without a fall: 1569, 1679, 1551 (mean 1600; 5.9-6.1 steps/s with "
-            "three runs sharing the 2 cores). Not shipped yet (experiment scripts, not a project script)."
+            "three runs sharing the 2 cores). Shipped as maskctrl/critics/Hopper (make critics: 200 cheap-planner "
+            "episodes, reset seeds 1000-1099 plain and 2000-2099 guided by a first critic, 164 falls, 57,570 "
+            "states) and used by default with the oracle (presets.CRITICS: cap 1.2, kappa 1). Oracle iCEM with it: "
+            "1399.8 +- 22.2 on seeds 0-2 (benchmarks/mpc_oracle.py run of 2026-11-26, stopped before it wrote its "
+            "JSON; 7.9 steps/s), below the experiment's critic. Seeds 100-102, all 1000 steps: cap 1.2 kappa 1 -> "
+            "1403/1533/1386; cap 1.2 kappa 0.5 -> 1445/1457/1497; cap 1.5 kappa 1 -> 1438/1386/1398; cap 1.5 "
+            "kappa 0.5 -> 1432/1539/1361. No fall in 15 runs, but no setting reached a mean of 1500."
         ),
     )
 
