@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,6 +229,38 @@ def test_save_load_round_trip_is_exact(
         save_ensemble(foreign, model, norm)
     with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         load_ensemble(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (lambda c: "{not json", "not valid JSON"),
+        (lambda c: json.dumps({**c, "format": "other"}), "not a maskctrl ensemble"),
+        (lambda c: json.dumps({**c, "format_version": "two"}), "invalid format_version"),
+        (lambda c: json.dumps({**c, "format_version": 99}), "ensemble format 99, newer"),
+        (lambda c: json.dumps({**c, "ensemble": {"members": "three"}}), "invalid or foreign configuration"),
+    ],
+)
+def test_load_refuses_a_corrupt_config(
+    trained: tuple[EnsembleMLP, Normalizer, object], tmp_path: Path, edit: Any, error: str
+) -> None:
+    model, norm, _ = trained
+    path = save_ensemble(tmp_path / "ens", model, norm)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(edit(config))
+    with pytest.raises(ValueError, match=error):
+        load_ensemble(path)
+
+
+def test_load_refuses_truncated_weights(
+    trained: tuple[EnsembleMLP, Normalizer, object], tmp_path: Path
+) -> None:
+    model, norm, _ = trained
+    path = save_ensemble(tmp_path / "ens", model, norm)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read weights"):
+        load_ensemble(path)
 
 
 def test_interrupted_save_is_recovered(

@@ -8,10 +8,15 @@ by every save and load) puts ``.NAME.old`` back.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def sibling(target: Path, kind: str) -> Path:
@@ -67,3 +72,50 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_saved_config(
+    target: Path,
+    *,
+    config_name: str,
+    weights_name: str,
+    fmt: str,
+    format_version: int,
+    what: str,
+    saver: str,
+) -> dict[str, Any]:
+    """The JSON config of a ``config + safetensors weights`` directory, after checking what it claims to be.
+
+    Recovers an interrupted save, requires both files, parses the config and checks its ``format`` and
+    that its ``format_version`` is an int this maskctrl reads. Errors name ``what`` (e.g. ``"ensemble"``)
+    and ``saver`` (the function that writes such directories).
+    """
+    recover_directory(target)
+    for name in (config_name, weights_name):
+        if not (target / name).is_file():
+            raise FileNotFoundError(f"{target} has no {name}; expected a {what} saved by {saver}")
+    try:
+        config = json.loads((target / config_name).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{target / config_name} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise ValueError(f"{target} is not a maskctrl {what} ({config_name} lacks format {fmt!r})")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or not isinstance(config.get("metadata") or {}, dict):
+        raise ValueError(
+            f"{target / config_name} has an invalid format_version or metadata (expected an int and an object)"
+        )
+    if version > format_version:
+        raise ValueError(f"{target} has {what} format {version}, newer than this maskctrl reads")
+    return config
+
+
+def load_safetensors_weights(module: torch.nn.Module, file: Path) -> None:
+    """Load ``file`` into ``module`` strictly; a corrupt, truncated or mismatched file raises ``ValueError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        load_model(module, str(file), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise ValueError(f"cannot read weights from {file}: {err}") from err

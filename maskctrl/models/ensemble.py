@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 import maskctrl
-from maskctrl.models.atomic import recover_directory, write_directory_atomically
+from maskctrl.models.atomic import load_safetensors_weights, read_saved_config, write_directory_atomically
 from maskctrl.models.normalizer import Normalizer
 
 if TYPE_CHECKING:  # only a type alias: no need to import the env registry (and gymnasium) here
@@ -328,30 +327,22 @@ def save_ensemble(
 def load_ensemble(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> EnsembleCheckpoint:
     """Load a directory written by :func:`save_ensemble` (weights are safetensors, nothing is unpickled)."""
     target = Path(path)
-    recover_directory(target)
-    for name in (CONFIG, WEIGHTS):
-        if not (target / name).is_file():
-            raise FileNotFoundError(f"{target} has no {name}; expected an ensemble saved by save_ensemble")
-    try:
-        config = json.loads((target / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{target / CONFIG} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{target} is not a maskctrl ensemble ({CONFIG} lacks format {FORMAT!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{target} has ensemble format {config['format_version']}, newer than this maskctrl reads"
-        )
+    config = read_saved_config(
+        target,
+        config_name=CONFIG,
+        weights_name=WEIGHTS,
+        fmt=FORMAT,
+        format_version=FORMAT_VERSION,
+        what="ensemble",
+        saver="save_ensemble",
+    )
     try:
         ens_config = EnsembleConfig(**config["ensemble"])
         model = EnsembleMLP(int(config["obs_dim"]), int(config["act_dim"]), ens_config)
         normalizer = Normalizer.from_dict(config["normalizer"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{target / CONFIG} has an invalid or foreign configuration: {err}") from err
-    try:
-        load_model(model, str(target / WEIGHTS), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as err:
-        raise ValueError(f"cannot read weights from {target / WEIGHTS}: {err}") from err
+    load_safetensors_weights(model, target / WEIGHTS)
     model.to(device).eval()
     return EnsembleCheckpoint(
         model=model,

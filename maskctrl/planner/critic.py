@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from tqdm import tqdm
 
 import maskctrl
 from maskctrl.data.episodes import EpisodeData
-from maskctrl.models.atomic import recover_directory, write_directory_atomically
+from maskctrl.models.atomic import load_safetensors_weights, read_saved_config, write_directory_atomically
 from maskctrl.models.ensemble import EnsembleLinear
 
 FORMAT = "maskctrl-safety-critic"
@@ -281,25 +280,15 @@ def load_critic(
     :param obs_dim: the observation size it must read (e.g. the env spec's); a mismatch raises ``ValueError``.
     """
     target = Path(path)
-    recover_directory(target)
-    for name in (CONFIG, WEIGHTS):
-        if not (target / name).is_file():
-            raise FileNotFoundError(f"{target} has no {name}; expected a safety critic saved by save_critic")
-    try:
-        config = json.loads((target / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{target / CONFIG} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{target} is not a maskctrl safety critic ({CONFIG} lacks format {FORMAT!r})")
-    version, metadata = config.get("format_version", 0), config.get("metadata") or {}
-    if not isinstance(version, int) or not isinstance(metadata, dict):
-        raise ValueError(
-            f"{target / CONFIG} has an invalid format_version or metadata (expected an int and an object)"
-        )
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{target} has critic format {config['format_version']}, newer than this maskctrl reads"
-        )
+    config = read_saved_config(
+        target,
+        config_name=CONFIG,
+        weights_name=WEIGHTS,
+        fmt=FORMAT,
+        format_version=FORMAT_VERSION,
+        what="safety critic",
+        saver="save_critic",
+    )
     try:
         if not isinstance(config["obs_dim"], int):
             raise TypeError(f"obs_dim must be an int, got {config['obs_dim']!r}")
@@ -310,8 +299,5 @@ def load_critic(
         raise ValueError(
             f"the critic at {target} reads observations of size {critic.obs_dim}, expected {obs_dim}"
         )
-    try:
-        load_model(critic, str(target / WEIGHTS), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as err:
-        raise ValueError(f"cannot read weights from {target / WEIGHTS}: {err}") from err
-    return critic.to(device).eval(), dict(metadata)
+    load_safetensors_weights(critic, target / WEIGHTS)
+    return critic.to(device).eval(), dict(config.get("metadata") or {})
