@@ -61,7 +61,7 @@ checkpoints: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.recipes
 	$(BIN)/python benchmarks/readme_results.py
 
-# Rebuild the Hopper safety critic shipped in maskctrl/critics/Hopper/ (see maskctrl/critic_recipe.py; ~40 min).
+# Rebuild the Hopper safety critic shipped in maskctrl/critics/Hopper/ (see maskctrl/critic_recipe.py; ~55 min on 2 cores).
 critics: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m maskctrl.critic_recipe
 

@@ -1,10 +1,10 @@
 """The recipe that builds the safety critic shipped under ``maskctrl/critics/Hopper/``.
 
-Run ``make critics`` (or ``python -m maskctrl.critic_recipe``; about 30-40 minutes on 2 cores). It
+Run ``make critics`` (or ``python -m maskctrl.critic_recipe``; about 55 minutes on 2 cores). It
 
 1. collects episodes of a cheap oracle planner (the Hopper preset with fewer candidates and
-   iterations, forward pay tripled up to 1.0 m/s, no critic): it moves faster than it can stay up, so
-   nearly every episode ends in a fall, which is what a critic learns from;
+   iterations, forward pay tripled up to 1.0 m/s, the posture costs kept, no critic): it moves faster
+   than it can stay up, so nearly every episode ends in a fall, which is what a critic learns from;
 2. fits a first critic (:func:`~maskctrl.planner.critic.fit_safety_critic`) and collects as many
    episodes again with that planner guided by it, reaching states nearer the edge of safety;
 3. fits the final critic on all episodes and writes it with its provenance (rounds, seeds, planner,
@@ -63,6 +63,10 @@ class CriticRecipeConfig:
     """Its iterations (the preset has 3)."""
     speed_cap: float = 1.0
     """Its forward bonus pays up to this speed (m/s)."""
+    posture: float = 1.0
+    """Weight of the posture costs in its objective (the shipped critic was collected with 1)."""
+    kappa: float = 1.0
+    """Pessimism of the guided rounds' fall penalty (the shipped critic was collected with 1)."""
     max_steps: int = 600
     """Episode length cap of the collected episodes."""
     chunk: int = 10
@@ -96,12 +100,12 @@ def collect_chunk(cfg: CriticRecipeConfig, first_seed: int, episodes: int, criti
     torch.set_num_threads(1)
     spec = get_spec(ENV)
     config = preset_config(ENV, "icem", seed=cfg.seed, samples=cfg.samples, iterations=cfg.iterations)
-    reward = rewards.make_hopper_critic_planning_reward(cfg.speed_cap)
+    reward = rewards.make_hopper_critic_planning_reward(cfg.speed_cap, posture=cfg.posture)
     value = None
     if critic_path is not None:
         preset = CRITICS[ENV]
         critic, _ = load_critic(critic_path, obs_dim=spec.obs_dim)
-        value = FallPenalty(critic, penalty=preset.penalty, kappa=preset.kappa)
+        value = FallPenalty(critic, penalty=preset.penalty, kappa=cfg.kappa)
 
     def build(envs: Any) -> MPCController:
         dynamics = OracleDynamics(list(envs), spec, nthread=1)
@@ -159,7 +163,10 @@ def build(cfg: CriticRecipeConfig) -> Path:
     for k, rnd in enumerate(cfg.rounds):
         guide = critic_path if rnd.guided else None
         tag = "guided" if rnd.guided else "plain"
-        key = f"round{k}-{tag}-{rnd.episodes}x{cfg.max_steps}-seed{rnd.seed}-N{cfg.samples}it{cfg.iterations}cap{cfg.speed_cap}"
+        key = (
+            f"round{k}-{tag}-{rnd.episodes}x{cfg.max_steps}-seed{rnd.seed}-N{cfg.samples}it{cfg.iterations}"
+            f"cap{cfg.speed_cap}posture{cfg.posture}" + (f"kappa{cfg.kappa}" if rnd.guided else "")
+        )
         directory = work / key
         t0 = time.perf_counter()
         if (directory / "metadata.json").exists():

@@ -676,13 +676,28 @@ def test_make_hopper_critic_planning_reward() -> None:
     speed = 0.5 * (obs[..., 5] + next_obs[..., 5])
     assert (speed > 1.2).any() and (speed < 0.9).any()
     base = rewards.hopper_planning_reward(obs, act, next_obs)
-    got = rewards.make_hopper_critic_planning_reward(speed_cap=0.9, bonus=1.5)(obs, act, next_obs)
+    posture = rewards.hopper_posture_cost(next_obs)
+    assert (posture > 0).all()
+    got = rewards.make_hopper_critic_planning_reward(speed_cap=0.9, bonus=1.5, posture=1.0)(
+        obs, act, next_obs
+    )
     torch.testing.assert_close(got, base + 1.5 * torch.minimum(speed, torch.tensor(0.9)))
-    shipped = rewards.hopper_critic_planning_reward(obs, act, next_obs)
-    torch.testing.assert_close(shipped, base + 2.0 * torch.minimum(speed, torch.tensor(1.2)))
+    half = rewards.make_hopper_critic_planning_reward(posture=0.5)(obs, act, next_obs)
+    torch.testing.assert_close(half, base + 0.5 * posture + 2.0 * torch.minimum(speed, torch.tensor(1.2)))
+    shipped = rewards.hopper_critic_planning_reward(obs, act, next_obs)  # no posture costs
+    torch.testing.assert_close(shipped, base + posture + 2.0 * torch.minimum(speed, torch.tensor(1.2)))
     assert rewards.HOPPER_CRITIC_SPEED_CAP == 1.2
     torch.testing.assert_close(shipped, rewards.make_hopper_critic_planning_reward()(obs, act, next_obs))
-    assert not torch.allclose(shipped, base + 2.0 * torch.minimum(speed, torch.tensor(0.9)))
+    assert not torch.allclose(shipped, base + posture + 2.0 * torch.minimum(speed, torch.tensor(0.9)))
+
+
+def test_hopper_planning_reward_is_capped_forward_pay_minus_posture() -> None:
+    obs, act, next_obs = _hopper_batch(1)
+    speed = 0.5 * (obs[..., 5] + next_obs[..., 5])
+    forward = torch.where(speed < 0.8, speed, 0.8 - 2.0 * (speed - 0.8))
+    healthy = rewards.hopper_healthy(next_obs).to(obs.dtype)
+    want = healthy + forward - 1e-3 * act.square().sum(-1) - rewards.hopper_posture_cost(next_obs)
+    torch.testing.assert_close(rewards.hopper_planning_reward(obs, act, next_obs), want)
 
 
 # ---------------------------------------------------------------- preset_objective

@@ -152,7 +152,7 @@ class CriticPreset:
 
 CRITICS: dict[str, CriticPreset] = {
     "Hopper": CriticPreset(
-        planning_reward_fn=rewards.hopper_critic_planning_reward, penalty=1000.0, kappa=1.0
+        planning_reward_fn=rewards.hopper_critic_planning_reward, penalty=1000.0, kappa=0.5
     ),
 }
 """Envs whose oracle planner uses a safety critic by default. Hopper: forward pay tripled (up to 1.2 m/s)
