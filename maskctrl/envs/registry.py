@@ -316,11 +316,14 @@ def hopper_spec(gym_id: str) -> EnvSpec:
             "m); up to 1.2 m/s also without a fall: 1569, 1679, 1551 (mean 1600; 5.9-6.1 steps/s with "
             "three runs sharing the 2 cores). Shipped as maskctrl/critics/Hopper (make critics: 200 cheap-planner "
             "episodes, reset seeds 1000-1099 plain and 2000-2099 guided by a first critic, 164 falls, 57,570 "
-            "states) and used by default with the oracle (presets.CRITICS: cap 1.2, kappa 1). Oracle iCEM with it: "
-            "1399.8 +- 22.2 on seeds 0-2 (benchmarks/mpc_oracle.py run of 2026-11-26, stopped before it wrote its "
-            "JSON; 7.9 steps/s), below the experiment's critic. Seeds 100-102, all 1000 steps: cap 1.2 kappa 1 -> "
-            "1403/1533/1386; cap 1.2 kappa 0.5 -> 1445/1457/1497; cap 1.5 kappa 1 -> 1438/1386/1398; cap 1.5 "
-            "kappa 0.5 -> 1432/1539/1361. No fall in 15 runs, but no setting reached a mean of 1500."
+            "states) and used by default with the oracle (presets.CRITICS). With the old objective (posture costs, "
+            "kappa 1) oracle iCEM returned 1399.8 +- 22.2 on seeds 0-2 and held all 15 tuning runs on seeds 100-102 "
+            "but at 1361-1539 (x 2.9-4.3 m). The posture costs were what kept it slow: on seeds 100-102, all 1000 "
+            "steps, kappa 0.5, posture x0.5 -> 1600/1524/1622, x0.5 with bonus 4 -> 1787/1741/1779, x1 with bonus "
+            "4 -> 1772/1625/1622, none -> 1751/1832/1797 (x 6.0-6.7 m; shipped: "
+            "rewards.hopper_critic_planning_reward, kappa 0.5). benchmarks/mpc_oracle.py, seeds 0-2: iCEM "
+            "1785.0 +- 21.5 (7.7 steps/s), MPPI 1787.0 +- 18.8, every episode 1000 steps; plain CEM falls with "
+            "it (474.6 +- 59.4, 232-317 steps)."
         ),
     )
 

@@ -155,8 +155,9 @@ CRITICS: dict[str, CriticPreset] = {
         planning_reward_fn=rewards.hopper_critic_planning_reward, penalty=1000.0, kappa=0.5
     ),
 }
-"""Envs whose oracle planner uses a safety critic by default. Hopper: forward pay tripled (up to 1.2 m/s)
-is safe only with the critic; see the Hopper spec's notes and ``benchmarks/results/mpc_oracle.md``."""
+"""Envs whose oracle planner uses a safety critic by default. Hopper: dropping the posture costs and
+tripling the forward pay (up to 0.8 m/s) is safe only with the critic (seeds 100-102: 1751-1832, no
+fall); see the Hopper spec's notes and ``benchmarks/results/mpc_oracle.md``."""
 
 
 def preset_objective(
