@@ -89,9 +89,10 @@ class MPCCommandConfig:
     critic: Path | None = None
     """Safety-critic directory (maskctrl.planner.critic) whose fall probability at the horizon's end the
     planner pays for, with the env's critic objective (None: the env's shipped critic with the oracle,
-    maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise)."""
+    maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise). Tuned for icem and mppi:
+    on Hopper plain cem falls with it (seeds 0-2: 475, against 1026 with --no-critic)."""
     no_critic: bool = False
-    """Plan without a safety critic, with the spec's planning objective only."""
+    """Plan without a safety critic, with the spec's planning objective only (better for plain cem)."""
     plot_step: int = 10
     """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
     seed: int = 0
