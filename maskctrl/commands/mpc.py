@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import tyro
@@ -91,7 +91,7 @@ class MPCCommandConfig:
     planner pays for, with the env's critic objective (None: the env's shipped critic with the oracle,
     maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise). Tuned for icem and mppi:
     on Hopper plain cem falls with it (seeds 0-2: 475, against 1026 with --no-critic)."""
-    no_critic: bool = False
+    no_critic: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
     """Plan without a safety critic, with the spec's planning objective only (better for plain cem)."""
     plot_step: int = 10
     """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
