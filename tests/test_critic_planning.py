@@ -108,31 +108,29 @@ def candidates(n: int = 6, horizon: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, horizon, 2, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_terminal_value_is_added_to_candidates_alive_at_the_end() -> None:
-    model = ScriptedDynamics(terminate_at=1)  # even candidates terminate at step 1
-    actions = candidates()
-    got = controller(model, terminal_value=toy_value)._objective(toy_history(), actions)
+def objective_parts(terminate_at: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The objective with ``toy_value``, the plain planning return and the value of the last states."""
+    model = ScriptedDynamics(terminate_at=terminate_at)  # even candidates terminate at that step
+    got = controller(model, terminal_value=toy_value)._objective(toy_history(), candidates())
     out = model.last
     assert out is not None
     base = planning_return(out.reward, out.terminated, discount=0.9, termination_penalty=5.0)
-    value = toy_value(out.next_obs[:, -1])
+    return got, base, toy_value(out.next_obs[:, -1])
+
+
+def test_terminal_value_is_added_to_candidates_alive_at_the_end() -> None:
+    got, base, value = objective_parts(terminate_at=1)
     assert (value.abs() > 1e-3).all()
     alive = torch.tensor([False, True] * 3)
     torch.testing.assert_close(got[alive], base[alive] + 0.9**4 * value[alive])
     torch.testing.assert_close(got[~alive], base[~alive])
     # Without a terminal value the objective is the plain planning return.
-    plain = controller(ScriptedDynamics(terminate_at=1))._objective(toy_history(), actions)
+    plain = controller(ScriptedDynamics(terminate_at=1))._objective(toy_history(), candidates())
     torch.testing.assert_close(plain, base)
 
 
 def test_termination_at_the_last_step_gets_no_terminal_value() -> None:
-    model = ScriptedDynamics(terminate_at=3)
-    actions = candidates()
-    got = controller(model, terminal_value=toy_value)._objective(toy_history(), actions)
-    out = model.last
-    assert out is not None
-    base = planning_return(out.reward, out.terminated, discount=0.9, termination_penalty=5.0)
-    value = toy_value(out.next_obs[:, -1])
+    got, base, value = objective_parts(terminate_at=3)
     torch.testing.assert_close(got[0::2], base[0::2])
     torch.testing.assert_close(got[1::2], base[1::2] + 0.9**4 * value[1::2])
 
