@@ -8,9 +8,10 @@ Two measurements, both side by side in one run on the same inputs:
 2. Rollout: one batch of N candidates from one real history, the methods alternating, medians of
    ``--repeats``; the speedup of the model alone and the largest difference between their predictions.
 
-On a CPU a third variant, ``kv_compiled``, decodes with ``TransformerDynamics(compile=True)`` (a
-compiled, shape-stable decoding step); its compile time falls in the warm-up step and is recorded
-apart. The steps/s target reads the faster KV variant.
+A third variant, ``kv_compiled``, decodes with ``TransformerDynamics(compile=True)`` (a compiled,
+shape-stable decoding step; on CUDA replayed from CUDA graphs like ``kv``, and ``kv_eager`` is the same
+model decoded without graphs or compiling); its compile time falls in the warm-up step and is recorded
+apart. The steps/s target reads the fastest KV variant.
 
 Targets (issue 6): on CPU >= 6x KV speedup and >= 2 control steps/s with the default HalfCheetah model
 (N=512, H=15, 4 iterations); on GPU >= 50 control steps/s. The checkpoint is ``--checkpoint``, else the
@@ -18,7 +19,7 @@ shipped default, else a quick tiny recipe run with a loud warning (the model's s
 sets the speed, so such numbers are indicative only if the architecture matches).
 
     python benchmarks/planner_speed.py                    # CPU, default HalfCheetah model
-    python benchmarks/planner_speed.py --device cuda --bf16
+    python benchmarks/planner_speed.py --device cuda --name planner_speed_gpu
     python benchmarks/planner_speed.py --quick            # smoke run
 
 Writes ``benchmarks/results/planner_speed.{json,md}``.
@@ -39,7 +40,7 @@ from typing import Any, Literal
 import torch
 import tyro
 from backbone import timed
-from common import command_line, machine_info, planner_speed_table, write_results
+from common import command_line, compiled_against, machine_info, planner_speed_table, write_results
 from mpc_learned import BenchConfig as LearnedConfig
 from mpc_learned import transformer_checkpoint
 
@@ -82,7 +83,8 @@ class SpeedConfig:
     cuda_graphs: bool = True
     """On CUDA: replay the KV decoding from CUDA graphs, and time the eager KV decoding beside it."""
     compile: bool = True
-    """On CPU: also time the KV decoding compiled with ``torch.compile`` (``kv_compiled``)."""
+    """Also time the KV decoding compiled with ``torch.compile`` (``kv_compiled``; inside the CUDA graphs
+    on CUDA)."""
     threads: int | None = None
     """Torch intra-op threads (None: torch's default)."""
     seed: int = 0
@@ -247,7 +249,7 @@ def render(record: dict[str, Any]) -> str:
             else ""
         )
         + (
-            f"; torch.compile {roll['compile_speedup']:.2f}x per rollout over eager KV decoding (largest "
+            f"; torch.compile {roll['compile_speedup']:.2f}x per rollout over {compiled_against(record)} (largest "
             f"difference {roll['max_abs_diff_from_kv']['kv_compiled']['next_obs']:.1e}; its first "
             f"control step, which compiled, took {mpc['kv_compiled']['warmup_s']:.0f} s"
             f"{' from an empty inductor cache' if record.get('inductor_cache') == 'fresh' else ''})"
@@ -291,7 +293,7 @@ def main(cfg: SpeedConfig) -> dict[str, Any]:
             kv.model, kv.normalizer, spec, bf16=cfg.bf16, cuda_graphs=False
         )
     fresh_cache = None
-    if cfg.compile and not on_cuda:
+    if cfg.compile:
         if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
             # Inductor keeps compiled kernels between processes (under /tmp): a fresh cache makes the
             # recorded compile time a first run's.

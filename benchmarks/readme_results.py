@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import fmt_mean_std, markdown_table, planner_speed_table
+from common import compiled_against, fmt_mean_std, markdown_table, planner_speed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -151,7 +151,8 @@ def planner_speed(record: Record) -> str:
         f"than recomputing the window, largest difference {_diff(roll, 'recompute'):.1e}."
         + (
             f" Compiled (`TransformerDynamics(compile=True)`, `kv_compiled`): {roll['compile_speedup']:.2f}× "
-            f"faster per rollout than eager KV decoding (largest difference {_diff(roll, 'kv_compiled'):.1e}), "
+            f"faster per rollout than {compiled_against(record)} (largest difference "
+            f"{_diff(roll, 'kv_compiled'):.1e}), "
             f"after a first control step of {record['mpc']['kv_compiled']['warmup_s']:.0f} s that compiled."
             if "compile_speedup" in roll
             else ""

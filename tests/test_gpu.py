@@ -184,3 +184,29 @@ def test_cuda_graph_replays_equal_eager_decoding_for_new_inputs(bf16: bool) -> N
         graphs.append(len(graphed._graphs))
     assert graphs[:4] == [1, 1, 2, 2]  # one graph per window shape, replayed for same-shaped calls
     assert graphs[4] > 2
+
+
+def test_compiled_decoding_replayed_from_cuda_graphs_equals_eager_without_host_syncs() -> None:
+    """``compile=True`` on CUDA keeps the graphs, which capture the compiled (fused) decoding steps."""
+    model, norm, spec = make_model(), make_normalizer(), toy_spec()
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    eager = TransformerDynamics(on_gpu, norm, spec, reward="model", cuda_graphs=False)
+    compiled = TransformerDynamics(on_gpu, norm, spec, reward="model", compile=True)
+    assert compiled.cuda_graphs and compiled._decode_fixed is not None
+    # New histories (padded differently) and candidates of one shape: one graph, refilled each call.
+    for seed, pad in enumerate([0, 2, 1]):
+        history = make_history(6, pad, seed=10 + seed)
+        actions = candidates(64, 5, seed=20 + seed).to(CUDA)
+        want, got = eager.rollout(history, actions), compiled.rollout(history, actions)
+        torch.testing.assert_close(got.next_obs, want.next_obs, atol=1e-4, rtol=0)
+        torch.testing.assert_close(got.reward, want.reward, atol=1e-4, rtol=0)
+    assert len(compiled._graphs) == 1
+    history, actions = _on_cuda(make_history(6, 1, seed=3)), candidates(64, 5, seed=4).to(CUDA)
+    first = compiled.rollout(history, actions)  # encodes (and keeps) the prefix: one sync, allowed
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = compiled.rollout(history, actions)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(again.next_obs, first.next_obs)

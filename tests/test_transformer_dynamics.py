@@ -399,7 +399,7 @@ def _rollouts_and_policy_samples(dyn: TransformerDynamics) -> list[torch.Tensor]
 def test_shape_stable_decoding_path_gives_the_default_paths_results(monkeypatch: pytest.MonkeyPatch) -> None:
     """``compile=True`` wiring (slots, folded positions, zeroed values) with compilation itself skipped."""
     model, norm = make_model(), make_normalizer()
-    monkeypatch.setattr(td.torch, "compile", lambda fn: fn)
+    monkeypatch.setattr(td.torch, "compile", lambda fn, **_: fn)
     fixed = TransformerDynamics(model, norm, toy_spec(), reward="model", compile=True)
     assert fixed._decode_fixed is td.decode_fixed
     plain = TransformerDynamics(model, norm, toy_spec(), reward="model")
@@ -418,14 +418,14 @@ def test_compiled_rollout_equals_full_recompute() -> None:
     ref_obs, ref_rew = reference(model, norm, history, actions, k, window)
     torch.testing.assert_close(out.next_obs, ref_obs, atol=1e-4, rtol=0)
     torch.testing.assert_close(out.reward, ref_rew, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="compile and cuda_graphs are alternatives"):
+    with pytest.raises(ValueError, match="cuda_graphs needs a model on a CUDA device"):
         TransformerDynamics(model, norm, toy_spec(), compile=True, cuda_graphs=True)
 
 
 def test_a_failed_compilation_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._dynamo.exc import BackendCompilerFailed
 
-    def broken(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def broken(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             raise BackendCompilerFailed(None, RuntimeError("no C++ compiler found"), None)
 

@@ -29,8 +29,9 @@ N candidates, and the LayerNorms, GELUs, softmaxes and additions between them). 
 step runs :func:`~maskctrl.models.kv_cache.decode_fixed` compiled by ``torch.compile``: the same tensor
 shapes at every step (attention over the whole per-candidate buffer, masked), so one graph serves every
 step and the pointwise work is fused. The default HalfCheetah model's N=512, H=15 rollout took 0.57-0.74x
-the eager time on a 2-core CPU in four runs of ``benchmarks/planner_speed.py``. Compiling on a GPU (in
-place of the CUDA graphs) works the same way but has not been measured.
+the eager time on a 2-core CPU in four runs of ``benchmarks/planner_speed.py``. On a GPU the two
+combine: the CUDA graph of a window captures the compiled steps' fused kernels (fewer kernels per replay),
+and each step shape is compiled for its exact sizes (``dynamic=False``: the graphs fix the shapes anyway).
 
 Weights. Decoding projects queries, keys and values with per-position copies of the weights that have
 the rotary rotation folded in (:class:`~maskctrl.models.kv_cache.FoldedProjections`), and graphs capture
@@ -124,8 +125,8 @@ class TransformerDynamics:
     :param cuda_graphs: replay the candidates' decoding from captured CUDA graphs (see the module
         docstring); None: on when the model is on a CUDA device. Not for CPU models.
     :param compile: decode with a compiled (``torch.compile``), shape-stable step
-        (:func:`~maskctrl.models.kv_cache.decode_fixed`; see the module docstring), in place of the
-        CUDA graphs on a GPU. The first rollouts compile (about 30 s each on a 2-core CPU: one for the
+        (:func:`~maskctrl.models.kv_cache.decode_fixed`; see the module docstring); on a GPU inside the
+        CUDA graphs (unless ``cuda_graphs=False``). The first rollouts compile (about 30 s each on a 2-core CPU: one for the
         first candidate count, one shape-general graph when another count comes); later ones run
         faster. The graphs are torch's per-function cache, shared by every instance in the process:
         past torch's recompile limit (many models or shapes), decoding runs uncompiled and torch warns.
@@ -167,14 +168,14 @@ class TransformerDynamics:
         self.model = model.eval()
         self.spec = spec
         self.device = next(model.parameters()).device
-        if compile and cuda_graphs:
-            raise ValueError("compile and cuda_graphs are alternatives; pass cuda_graphs=False to compile")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, this one is on {self.device}")
-        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        if compile and cuda_graphs is None:  # compiling takes the place of the graphs on CUDA too
-            self.cuda_graphs = False
-        self._decode_fixed = torch.compile(decode_fixed) if compile else None
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        # On CUDA each step shape gets its own static graph; on a CPU a second shape makes one general one.
+        self._decode_fixed = (
+            torch.compile(decode_fixed, dynamic=False if on_cuda else None) if compile else None
+        )
         self._graphs: dict[tuple[Any, ...], _DecodeGraph] = {}
         self.normalizer = normalizer.to(self.device)
         self.reward, self.max_history, self.bf16 = reward, max_history, bf16
