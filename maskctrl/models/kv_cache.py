@@ -263,8 +263,9 @@ def _decode_block(
         new_k = cache.keys[layer][:, :, :, :end]  # [B, h, N, S, hd]
         new_v = cache.values[layer][:, :, :, :end]
     else:  # the same shapes at every step; slots not written yet are masked by `later`
-        cache.keys[layer].index_copy_(3, slots, k)
-        cache.values[layer].index_copy_(3, slots, v)
+        # Stored in the buffers' dtype (under bf16 autocast k, v come out in bfloat16), as slicing does.
+        cache.keys[layer].index_copy_(3, slots, k.to(cache.keys[layer].dtype))
+        cache.values[layer].index_copy_(3, slots, v.to(cache.values[layer].dtype))
         new_k, new_v = cache.keys[layer], cache.values[layer]  # [B, h, N, S_max, hd]
     if last_only and q_len > 1:  # the last token sees every new token (and, shape-stable, no later slot)
         last_later = None if later is None or slots is None else later[-1:]
