@@ -30,7 +30,13 @@ from maskctrl.data.collect import RandomPolicy
 from maskctrl.envs.registry import get_spec
 from maskctrl.planner.mpc import MPCController
 from maskctrl.planner.oracle import OracleDynamics
-from maskctrl.planner.presets import BUDGETS, CRITICS, OPTIMIZER_OVERRIDES, preset_config, preset_objective
+from maskctrl.planner.presets import (
+    BUDGETS,
+    OPTIMIZER_OVERRIDES,
+    critic_by_default,
+    preset_config,
+    preset_objective,
+)
 
 Method = Literal["random", "cem", "icem", "mppi"]
 ENVS = ("InvertedPendulum", "Reacher", "HalfCheetah", "Hopper")
@@ -64,8 +70,9 @@ class BenchConfig:
     nthread: int = 2
     """Threads of the mujoco.rollout pool."""
     critic: bool = True
-    """Plan with the env's shipped safety critic and its objective where it has one (Hopper; see
-    maskctrl.planner.presets.CRITICS); --no-critic: the spec's planning objective only."""
+    """Plan with the env's shipped safety critic and its objective where it has one and the method is
+    one it was tuned with (Hopper with icem and mppi; see maskctrl.planner.presets.CRITICS);
+    --no-critic: the spec's planning objective only."""
     exact_observations: bool = False
     """Reacher: replay each imagined step's last substep for bit-exact observations (about half the
     speed; the planned returns matched the cheaper forward kinematics of the final state on every seed
@@ -95,7 +102,7 @@ def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResu
             spec,
             env.action_space,
             mpc,
-            **preset_objective(env_name, critic=cfg.critic),
+            **preset_objective(env_name, critic=cfg.critic and critic_by_default(env_name, method)),
         )
     with tqdm(total=episodes * max_steps, desc=f"{env_name} {method}", unit="step", leave=False) as bar:
         results = run_episodes(policy, env, episodes=episodes, seed=cfg.seed, on_step=bar.update)
@@ -137,7 +144,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
     speed = [r.steps_per_second for r in results]
     budget = BUDGETS[env_name]
     planned = method != "random"
-    critic = planned and cfg.critic and env_name in CRITICS
+    critic = planned and cfg.critic and critic_by_default(env_name, method)
     ret_mean, ret_std = mean_std(returns)
     met = bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND) if planned else None
     print(

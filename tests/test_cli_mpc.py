@@ -247,6 +247,7 @@ def test_reward_model_flag_needs_learned_dynamics(tmp_path: Path, capsys: pytest
 def test_hopper_oracle_plans_with_the_shipped_safety_critic_unless_told_not_to(tmp_path: Path) -> None:
     from maskctrl.commands.mpc import MPCCommandConfig, critic_objective
     from maskctrl.envs import rewards
+    from maskctrl.planner import presets
     from maskctrl.planner.critic import FallPenalty
 
     small = ["--env", "Hopper", "--samples", "8", "--iterations", "1", "--episodes", "1", "--max-steps", "3"]
@@ -262,6 +263,11 @@ def test_hopper_oracle_plans_with_the_shipped_safety_critic_unless_told_not_to(t
     assert objective["planning_reward_fn"] is rewards.hopper_critic_planning_reward
     # Learned dynamics keep the spec's objective unless a critic is named: the critic was tuned on the oracle.
     assert critic_objective(MPCCommandConfig(env="Hopper", dynamics="transformer"), spec) == {}
+    # So does plain CEM (the critic was tuned with icem and mppi), unless a critic is named.
+    assert critic_objective(MPCCommandConfig(env="Hopper", optimizer="mppi"), spec) != {}
+    assert critic_objective(MPCCommandConfig(env="Hopper", optimizer="cem"), spec) == {}
+    named = MPCCommandConfig(env="Hopper", optimizer="cem", critic=presets.CRITIC_ROOT / "Hopper")
+    assert isinstance(critic_objective(named, spec)["terminal_value"], FallPenalty)
 
 
 @pytest.mark.parametrize(

@@ -89,10 +89,11 @@ class MPCCommandConfig:
     critic: Path | None = None
     """Safety-critic directory (maskctrl.planner.critic) whose fall probability at the horizon's end the
     planner pays for, with the env's critic objective (None: the env's shipped critic with the oracle,
-    maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise). Tuned for icem and mppi:
-    on Hopper plain cem falls with it (seeds 0-2: 475, against 1026 with --no-critic)."""
+    maskctrl/critics/<Env>, where it has one -- Hopper -- and none otherwise). Tuned for icem and mppi,
+    so plain cem plans without it unless a critic is named here (on Hopper cem fell with it, seeds 0-2:
+    475, against 1026 without)."""
     no_critic: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
-    """Plan without a safety critic, with the spec's planning objective only (better for plain cem)."""
+    """Plan without a safety critic, with the spec's planning objective only."""
     plot_step: int = 10
     """Control step of episode 0 whose imagined rollout is plotted against the real env (-1: no plot)."""
     seed: int = 0
@@ -278,11 +279,11 @@ def load_dynamics(cfg: MPCCommandConfig, spec: EnvSpec, env: Any) -> DynamicsMod
 
 def critic_objective(cfg: MPCCommandConfig, spec: EnvSpec) -> dict[str, Any]:
     """The safety critic's controller arguments ``cfg`` asks for (``{}``: none); see ``--critic``."""
-    from maskctrl.planner.presets import CRITICS, preset_objective
+    from maskctrl.planner.presets import critic_by_default, preset_objective
 
     if cfg.no_critic:
         return {}
-    if cfg.critic is None and (cfg.dynamics != "oracle" or spec.name not in CRITICS):
+    if cfg.critic is None and (cfg.dynamics != "oracle" or not critic_by_default(spec.name, cfg.optimizer)):
         return {}
     try:
         return preset_objective(

@@ -148,6 +148,9 @@ class CriticPreset:
     """Planning cost of a certain fall at the horizon's end."""
     kappa: float = 1.0
     """Pessimism: member standard deviations added to the mean fall probability."""
+    optimizers: tuple[str, ...] = ("icem", "mppi")
+    """The optimizers it was tuned and measured with: the default for these, not for others (plain CEM,
+    which keeps no elites between control steps, falls on Hopper with the critic's objective)."""
 
 
 CRITICS: dict[str, CriticPreset] = {
@@ -158,6 +161,13 @@ CRITICS: dict[str, CriticPreset] = {
 """Envs whose oracle planner uses a safety critic by default. Hopper: dropping the posture costs and
 tripling the forward pay (up to 0.8 m/s) is safe only with the critic (seeds 100-102: 1751-1832, no
 fall); see the Hopper spec's notes and ``benchmarks/results/mpc_oracle.md``."""
+
+
+def critic_by_default(env_name: str, optimizer: str) -> bool:
+    """Whether the oracle planner of ``env_name`` with ``optimizer`` uses the env's shipped safety critic
+    unless told otherwise: the env is in :data:`CRITICS` and the critic was tuned with that optimizer."""
+    preset = CRITICS.get(env_name)
+    return preset is not None and optimizer in preset.optimizers
 
 
 def preset_objective(
