@@ -79,7 +79,8 @@ class MPCCommandConfig:
     transitions (its shaped planning objective where it has one, e.g. HalfCheetah, Hopper); "model": the
     model's reward head, unshaped."""
     bf16: bool = False
-    """Transformer: bfloat16 autocast (meant for CUDA)."""
+    """Transformer: bfloat16 autocast (meant for CUDA; with the small default models slower than float32
+    on an H200, its casts being more kernels, and less accurate)."""
     compile: bool = False
     """Transformer: decode with torch.compile (faster control steps after about 30 s of compiling at the
     first ones; see TransformerDynamics)."""

@@ -117,7 +117,7 @@ class TransformerDynamics:
         (the reward head, denormalized).
     :param max_history: most real steps K read (None: as many as fit one window with the horizon).
     :param bf16: run the transformer under bfloat16 autocast (on CUDA; also works on CPU). Outputs stay
-        float32.
+        float32. The default models are too small to gain: on an H200 it was slower (more kernels).
     :param recompute: re-run the whole window for every imagined step instead of decoding from the KV
         cache (the slow reference, for tests and benchmarks).
     :param policy_noise: std of the Gaussian noise added to the policy head's actions in
