@@ -122,11 +122,13 @@ def mpc_oracle(record: Record) -> str:
             if planned is None
             else f"{planned['samples']} / {planned['horizon']} / {planned['iterations']}"
             + (f" (×{planned['action_repeat']} held)" if (planned.get("action_repeat") or 1) > 1 else "")
-            + (" + critic" if planned.get("safety_critic") else "")
         )
         speed = fmt_mean_std(by["icem"]["steps_per_second"]) if "icem" in by else "-"
         returns = [
-            fmt_mean_std(by[m]["returns"]) if m in by else "-" for m in ("random", "cem", "icem", "mppi")
+            fmt_mean_std(by[m]["returns"]) + (" + critic" if by[m].get("safety_critic") else "")
+            if m in by
+            else "-"
+            for m in ("random", "cem", "icem", "mppi")
         ]
         cells.append([env, budget, *returns, speed])
     headers = ["env", "N / H / iters", "random", "CEM", "iCEM", "MPPI", "iCEM steps/s"]
@@ -134,7 +136,8 @@ def mpc_oracle(record: Record) -> str:
         f"{markdown_table(headers, cells)}\n\nPlanning in the true simulator (`mujoco.rollout`): the upper "
         'bound a learned model can reach at the same budget. "+ critic": planned with the env\'s shipped '
         "safety critic (a learned fall probability at the horizon's end) and its objective, as `maskctrl mpc` "
-        "does by default for the oracle (see [Hopper's safety critic](#hoppers-safety-critic))."
+        "does by default for the oracle with the optimizers it was tuned with (see "
+        "[Hopper's safety critic](#hoppers-safety-critic))."
     )
 
 

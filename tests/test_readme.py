@@ -386,6 +386,17 @@ def test_results_section_is_generated_from_the_json(
     )
 
 
+def test_oracle_results_mark_the_methods_planned_with_a_critic() -> None:
+    rows = [
+        {"env": "Hopper", "method": m, "samples": 64, "horizon": 10, "iterations": 3, "action_repeat": 4,
+         "returns": [r, r + 2.0], "steps_per_second": [7.0, 7.0], "safety_critic": critic}
+        for m, r, critic in (("random", 49.0, False), ("cem", 1025.0, False), ("icem", 1784.0, True))
+    ]  # fmt: skip
+    table = readme_results.mpc_oracle({"rows": rows})
+    assert "| 1026.0 ± 1.0 | 1785.0 ± 1.0 + critic | - " in table
+    assert "64 / 10 / 3 (×4 held) |" in table
+
+
 def test_checkpoint_table_reads_the_shipped_config(tmp_path: Path) -> None:
     assert "No default checkpoint" in readme_results.render_checkpoints(tmp_path)
     made = tmp_path / "Reacher"
