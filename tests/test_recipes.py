@@ -25,6 +25,15 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture
+def small_reacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Reacher recipe with a one-block, narrow backbone: ``--scale`` shrinks data and steps but not
+    the model, whose size would set these tests' time (training, and planning with it as world model)."""
+    small = dataclasses.replace(RECIPES["Reacher"], n_layer=1, d_model=32, n_head=2)
+    monkeypatch.setitem(RECIPES, "Reacher", small)
+
+
+@pytest.mark.usefixtures("small_reacher")
 def test_tiny_recipe_builds_a_loadable_scored_checkpoint(tmp_path: Path) -> None:
     cfg = RecipeConfig(
         envs=("Reacher",),
@@ -56,6 +65,7 @@ def test_tiny_recipe_builds_a_loadable_scored_checkpoint(tmp_path: Path) -> None
     assert load_checkpoint(dest).metadata["score"]["how"].endswith("--max-steps 2")
 
 
+@pytest.mark.usefixtures("small_reacher")
 def test_planner_round_collects_with_the_first_model_and_a_rebuild_reuses_finished_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
