@@ -83,7 +83,7 @@ class MPCCommandConfig:
     on an H200, its casts being more kernels, and less accurate)."""
     compile: bool = False
     """Transformer: decode with torch.compile (faster control steps after about 30 s of compiling at the
-    first ones on a CPU, 17 s on an H200, where the CUDA graphs replay the compiled steps; see
+    first ones on a CPU, about 20 s on an H200, where the CUDA graphs replay the compiled steps; see
     TransformerDynamics)."""
     policy_prior_fraction: float | None = None
     """Transformer: share of the candidates drawn from its policy head (0: off; None: the env's default,
@@ -440,7 +440,7 @@ def check_options(cfg: MPCCommandConfig) -> MPCCommandConfig:
         print(f"maskctrl mpc: using the shipped backbone {checkpoint}", file=sys.stderr)
     if cfg.compile:
         print(
-            "maskctrl mpc: --compile: the first control step compiles (about 30-40 s on a CPU, 20 s on a GPU)",
+            "maskctrl mpc: --compile: the first control step compiles (about 30-40 s on a CPU, 20 s on an H200)",
             file=sys.stderr,
         )
     return replace(cfg, device=str(device), checkpoint=checkpoint)

@@ -149,8 +149,8 @@ class CriticPreset:
     kappa: float = 1.0
     """Pessimism: member standard deviations added to the mean fall probability."""
     optimizers: tuple[str, ...] = ("icem", "mppi")
-    """The optimizers it was tuned and measured with: the default for these, not for others (plain CEM,
-    which keeps no elites between control steps, falls on Hopper with the critic's objective)."""
+    """The optimizers it was tuned and measured with: the default for these, not for others (plain CEM
+    fell on Hopper with the critic's objective)."""
 
 
 CRITICS: dict[str, CriticPreset] = {

@@ -32,6 +32,7 @@ step and the pointwise work is fused. The default HalfCheetah model's N=512, H=1
 the eager time on a 2-core CPU in four runs of ``benchmarks/planner_speed.py``. On a GPU the two
 combine: the CUDA graph of a window captures the compiled steps' fused kernels (fewer kernels per replay),
 and each step shape is compiled for its exact sizes (``dynamic=False``: the graphs fix the shapes anyway).
+On an H200 that rollout took 7.2 ms against 8.3 ms with the graphs of the eager steps.
 
 Weights. Decoding projects queries, keys and values with per-position copies of the weights that have
 the rotary rotation folded in (:class:`~maskctrl.models.kv_cache.FoldedProjections`), and graphs capture
@@ -126,9 +127,9 @@ class TransformerDynamics:
         docstring); None: on when the model is on a CUDA device. Not for CPU models.
     :param compile: decode with a compiled (``torch.compile``), shape-stable step
         (:func:`~maskctrl.models.kv_cache.decode_fixed`; see the module docstring); on a GPU inside the
-        CUDA graphs (unless ``cuda_graphs=False``). The first rollouts compile (about 30 s each on a 2-core CPU: one for the
-        first candidate count, one shape-general graph when another count comes); later ones run
-        faster. The graphs are torch's per-function cache, shared by every instance in the process:
+        CUDA graphs (unless ``cuda_graphs=False``). The first rollouts compile (about 30 s each on a
+        2-core CPU: one for the first candidate count, one shape-general graph when another count
+        comes; on a GPU one per step shape); later ones run faster. The graphs are torch's per-function cache, shared by every instance in the process:
         past torch's recompile limit (many models or shapes), decoding runs uncompiled and torch warns.
         Needs a C++ compiler for inductor's CPU code. Off by default.
     """
