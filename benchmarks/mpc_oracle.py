@@ -86,6 +86,11 @@ class BenchConfig:
     --no-update writes only this run's rows."""
 
 
+def plans_with_critic(env_name: str, method: Method, cfg: BenchConfig) -> bool:
+    """Whether ``method`` plans with the env's shipped safety critic in this run (never ``random``)."""
+    return cfg.critic and critic_by_default(env_name, method)
+
+
 def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResult]:
     """Run ``cfg.episodes`` episodes of ``method`` in ``env_name``."""
     spec = get_spec(env_name)
@@ -102,7 +107,7 @@ def run_one(env_name: str, method: Method, cfg: BenchConfig) -> list[EpisodeResu
             spec,
             env.action_space,
             mpc,
-            **preset_objective(env_name, critic=cfg.critic and critic_by_default(env_name, method)),
+            **preset_objective(env_name, critic=plans_with_critic(env_name, method, cfg)),
         )
     with tqdm(total=episodes * max_steps, desc=f"{env_name} {method}", unit="step", leave=False) as bar:
         results = run_episodes(policy, env, episodes=episodes, seed=cfg.seed, on_step=bar.update)
@@ -144,7 +149,7 @@ def measure(env_name: str, method: Method, cfg: BenchConfig) -> dict[str, Any]:
     speed = [r.steps_per_second for r in results]
     budget = BUDGETS[env_name]
     planned = method != "random"
-    critic = planned and cfg.critic and critic_by_default(env_name, method)
+    critic = plans_with_critic(env_name, method, cfg)
     ret_mean, ret_std = mean_std(returns)
     met = bool(ret_mean >= TARGETS[env_name] and min(speed) >= MIN_STEPS_PER_SECOND) if planned else None
     print(

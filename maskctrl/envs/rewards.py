@@ -245,7 +245,7 @@ def hopper_planning_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch
     from straight, torso angular velocity, and speed beyond :data:`HOPPER_PLAN_SPEED_CAP` (charged
     twice what it would have paid).
     """
-    return _hopper_capped_reward(obs, act, next_obs) - hopper_posture_cost(next_obs)
+    return _hopper_capped_reward(_hopper_speed(obs, next_obs), act, next_obs) - hopper_posture_cost(next_obs)
 
 
 def hopper_posture_cost(next_obs: torch.Tensor) -> torch.Tensor:
@@ -260,9 +260,14 @@ def hopper_posture_cost(next_obs: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _hopper_capped_reward(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-    """Healthy bonus, forward speed paid up to :data:`HOPPER_PLAN_SPEED_CAP` and charged twice beyond, control cost."""
-    speed = 0.5 * (obs[..., HOPPER_VEL_INDEX] + next_obs[..., HOPPER_VEL_INDEX])
+def _hopper_speed(obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Forward speed over a transition: the mean of the x velocities before and after."""
+    return 0.5 * (obs[..., HOPPER_VEL_INDEX] + next_obs[..., HOPPER_VEL_INDEX])
+
+
+def _hopper_capped_reward(speed: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """Healthy bonus, forward ``speed`` paid up to :data:`HOPPER_PLAN_SPEED_CAP` and charged twice beyond,
+    control cost."""
     cap = HOPPER_PLAN_SPEED_CAP
     forward = speed.clamp(max=cap) - 2.0 * (speed - cap).clamp(min=0.0)
     healthy = hopper_healthy(next_obs).to(next_obs.dtype)
@@ -291,8 +296,8 @@ def make_hopper_critic_planning_reward(
     def hopper_critic_planning_reward(
         obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
     ) -> torch.Tensor:
-        speed = 0.5 * (obs[..., HOPPER_VEL_INDEX] + next_obs[..., HOPPER_VEL_INDEX])
-        value = _hopper_capped_reward(obs, act, next_obs) + bonus * speed.clamp(max=speed_cap)
+        speed = _hopper_speed(obs, next_obs)
+        value = _hopper_capped_reward(speed, act, next_obs) + bonus * speed.clamp(max=speed_cap)
         return value - posture * hopper_posture_cost(next_obs) if posture else value
 
     return hopper_critic_planning_reward
