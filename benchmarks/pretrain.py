@@ -119,6 +119,8 @@ class BenchConfig:
     """Oracle MPC horizon."""
     expert_iterations: int = 2
     """Oracle MPC iterations per step."""
+    lr: float = 3e-4
+    """Peak pretraining learning rate (AdamW, warm-up then cosine decay), the same for both transformers."""
     window: int = 16
     """Pretraining window T (the transformer's context length)."""
     n_layer: int = 4
@@ -219,7 +221,7 @@ def pretrain_run(
     """Pretrain one transformer; return its checkpoint path, wall time and median tokens/s."""
     run = PretrainConfig(
         data=data, out=out, steps=budget.steps, batch_size=budget.batch_size, window=cfg.window,
-        n_layer=cfg.n_layer, d_model=cfg.d_model, weights=weights, val_fraction=cfg.val_fraction,
+        n_layer=cfg.n_layer, d_model=cfg.d_model, lr=cfg.lr, weights=weights, val_fraction=cfg.val_fraction,
         val_every=0, checkpoint_every=0, seed=cfg.seed, device=cfg.device, num_threads=cfg.num_threads,
         overwrite=True, progress=False, tensorboard=False, warmup_steps=min(200, budget.steps // 10),
     )  # fmt: skip
@@ -336,7 +338,7 @@ def markdown(
         f"{budget.random_episodes} random + {budget.expert_episodes} noisy oracle-MPC episodes "
         f"(noise {cfg.expert_noise}, ≤{budget.max_steps} steps each), {cfg.val_fraction:.0%} of each held out. "
         f"Transformer: {cfg.n_layer} layers, d={cfg.d_model}, window {cfg.window}, {budget.steps} steps of "
-        f"batch {budget.batch_size} ({where}, {cfg.num_threads} CPU threads). Ensemble: "
+        f"batch {budget.batch_size}, peak lr {cfg.lr:g} ({where}, {cfg.num_threads} CPU threads). Ensemble: "
         f"{EnsembleConfig().members}×{EnsembleConfig().layers}×{EnsembleConfig().hidden} PETS MLP, ≤{budget.ensemble_epochs} epochs. "
         f"Measured {info['date']} on {info['processor']}, torch {info['torch']}.\n\n{table}\n\n"
         + "\n".join(verdicts)
