@@ -129,8 +129,9 @@ class TransformerDynamics:
         (:func:`~maskctrl.models.kv_cache.decode_fixed`; see the module docstring); on a GPU inside the
         CUDA graphs (unless ``cuda_graphs=False``). The first rollouts compile (about 30 s each on a
         2-core CPU: one for the first candidate count, one shape-general graph when another count
-        comes; on a GPU one per step shape); later ones run faster. The graphs are torch's per-function cache, shared by every instance in the process:
-        past torch's recompile limit (many models or shapes), decoding runs uncompiled and torch warns.
+        comes; on a GPU one per step shape); later ones run faster. The graphs are torch's per-function
+        cache, shared by every instance in the process: past torch's recompile limit (many models or
+        shapes), decoding runs uncompiled and torch warns.
         Needs a C++ compiler for inductor's CPU code. Off by default.
     """
 
