@@ -5,7 +5,8 @@ For each env (HalfCheetah, Hopper by default):
 1. collect random episodes and noisy-expert episodes (oracle MPC: ``MPCController`` planning in the true
    simulator, as ``maskctrl collect --policy oracle-mpc``; Gaussian action noise on top);
 2. pretrain the transformer twice on the same training episodes and for the same steps: all objectives
-   summed (forward, reward, inverse, random masked hindsight) and forward dynamics only;
+   summed (forward, reward, inverse, random masked hindsight; ``--forward-weight`` weighs the forward
+   loss, 1 by default) and forward dynamics only;
 3. train the MLP ensemble on the same training episodes and normalizer;
 4. roll every model open loop on the TRUE actions of the held-out episodes (the datasets' validation
    split), from the same start points with K real history steps, and report the mean squared error in
@@ -121,6 +122,8 @@ class BenchConfig:
     """Oracle MPC iterations per step."""
     lr: float = 3e-4
     """Peak pretraining learning rate (AdamW, warm-up then cosine decay), the same for both transformers."""
+    forward_weight: float = 1.0
+    """Weight of the forward-dynamics loss in the all-objectives sum (the other losses weigh 1)."""
     window: int = 16
     """Pretraining window T (the transformer's context length)."""
     n_layer: int = 4
@@ -242,7 +245,8 @@ def bench_env(cfg: BenchConfig, budget: Budget, env: str) -> dict[str, Any]:
     expert_dir, expert_timing = collect(cfg, budget, env, "expert")
     dirs = (random_dir, expert_dir)
     runs = {}
-    for label, weights in (("all objectives", ObjectiveWeights()), ("forward only", FORWARD_ONLY)):
+    all_objectives = ObjectiveWeights(forward=cfg.forward_weight)
+    for label, weights in (("all objectives", all_objectives), ("forward only", FORWARD_ONLY)):
         log(f"{env}: pretraining ({label}), {budget.steps} steps")
         runs[label] = pretrain_run(cfg, budget, dirs, cfg.work_dir / env / label.replace(" ", "-"), weights)
         log(f"{env}: {label}: {runs[label]['wall_s']:.0f} s, {runs[label]['tokens_per_s']:.0f} tokens/s")
@@ -342,8 +346,9 @@ def markdown(
         f"{EnsembleConfig().members}×{EnsembleConfig().layers}×{EnsembleConfig().hidden} PETS MLP, ≤{budget.ensemble_epochs} epochs. "
         f"Measured {info['date']} on {info['processor']}, torch {info['torch']}.\n\n{table}\n\n"
         + "\n".join(verdicts)
-        + "\n\nAblation: 'forward only' trains the forward-dynamics loss alone; 'all objectives' sums forward, "
-        "reward, inverse dynamics and random masked hindsight, which share each batch between their groups "
+        + "\n\nAblation: 'forward only' trains the forward-dynamics loss alone; 'all objectives' sums forward"
+        + ("" if cfg.forward_weight == 1.0 else f" (weight {cfg.forward_weight:g}, the others 1)")
+        + ", reward, inverse dynamics and random masked hindsight, which share each batch between their groups "
         "(the forward loss sees about a third of the windows), for the same number of steps.\n"
         + (
             ""
@@ -368,8 +373,11 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
             raise SystemExit(f"cannot read the record {path}: {err}") from err
     ignored = {"envs", "name", "out_dir", "merge"}
 
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}  # for records older than a flag
+
     def settings(rec: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in rec["config"].items() if k not in ignored} | {"budget": rec["budget"]}
+        config = {k: defaults[k] for k in defaults.keys() - rec["config"].keys()} | rec["config"]
+        return {k: v for k, v in config.items() if k not in ignored} | {"budget": rec["budget"]}
 
     first = records[0]
     expected = settings(first)
@@ -394,6 +402,11 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         "command": " & ".join(
             f"python benchmarks/pretrain.py --envs {' '.join(rec['config']['envs'])} --device "
             f"{rec['config']['device']} --num-threads {rec['config']['num_threads']} --name {rec['config']['name']}"
+            + "".join(
+                f" --{key.replace('_', '-')} {settings(rec)[key]:g}"
+                for key in ("lr", "forward_weight")
+                if settings(rec)[key] != defaults[key]
+            )
             for rec in records
         )
         + f" & wait; python benchmarks/pretrain.py --merge {' '.join(Path(p).name for p in paths)}",
@@ -419,6 +432,8 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
         json_path, md_path = write_results(cfg.out_dir, cfg.name, record, page)
         log(f"wrote {json_path} and {md_path} (merged {len(cfg.merge)} records)")
         return record
+    if cfg.forward_weight <= 0:
+        raise SystemExit(f"--forward-weight must be > 0, got {cfg.forward_weight}")
     if cfg.history + cfg.horizon - 1 > cfg.window:
         raise SystemExit(
             f"--history {cfg.history} + --horizon {cfg.horizon} - 1 exceeds --window {cfg.window}"

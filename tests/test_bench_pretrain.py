@@ -59,3 +59,27 @@ def test_merging_a_missing_record_says_which(tmp_path: Path) -> None:
     _, paths = _split(tmp_path)
     with pytest.raises(SystemExit, match=r"cannot read the record .*nowhere\.json"):
         bench.main(bench.BenchConfig(merge=(paths[0], tmp_path / "nowhere.json"), out_dir=tmp_path))
+
+
+def test_merged_records_keep_their_lr_and_forward_weight(tmp_path: Path) -> None:
+    _, paths = _split(tmp_path)
+    first = json.loads(paths[0].read_text())
+    assert "forward_weight" not in first["config"]  # a record older than the flag: weight 1
+    second = json.loads(paths[1].read_text())
+    second["config"]["forward_weight"] = 1.0
+    paths[1].write_text(json.dumps(second))
+    merged = bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="old_and_new"))
+    assert "--lr" not in merged["command"] and "--forward-weight" not in merged["command"]
+    for path in paths:
+        record = json.loads(path.read_text())
+        record["config"] |= {"lr": 1e-3, "forward_weight": 4.0}
+        path.write_text(json.dumps(record))
+    merged = bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="weighted"))
+    assert merged["command"].count("--lr 0.001 --forward-weight 4 ") == len(paths)
+    page = (tmp_path / "weighted.md").read_text()
+    assert "peak lr 0.001" in page and "sums forward (weight 4, the others 1), reward" in page
+    record = json.loads(paths[1].read_text())
+    record["config"]["forward_weight"] = 2.0
+    paths[1].write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"other settings than .*: forward_weight"):
+        bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="refused"))
