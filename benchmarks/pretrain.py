@@ -379,6 +379,12 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         config = {k: defaults[k] for k in defaults.keys() - rec["config"].keys()} | rec["config"]
         return {k: v for k, v in config.items() if k not in ignored} | {"budget": rec["budget"]}
 
+    def numeric_flags(rec: dict[str, Any]) -> str:
+        """The run's ``--lr`` and ``--forward-weight`` where they are not the defaults."""
+        config = settings(rec)
+        keys = [key for key in ("lr", "forward_weight") if config[key] != defaults[key]]
+        return "".join(f" --{key.replace('_', '-')} {config[key]:g}" for key in keys)
+
     first = records[0]
     expected = settings(first)
     for path, rec in zip(paths[1:], records[1:], strict=True):
@@ -402,11 +408,7 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         "command": " & ".join(
             f"python benchmarks/pretrain.py --envs {' '.join(rec['config']['envs'])} --device "
             f"{rec['config']['device']} --num-threads {rec['config']['num_threads']} --name {rec['config']['name']}"
-            + "".join(
-                f" --{key.replace('_', '-')} {settings(rec)[key]:g}"
-                for key in ("lr", "forward_weight")
-                if settings(rec)[key] != defaults[key]
-            )
+            + numeric_flags(rec)
             for rec in records
         )
         + f" & wait; python benchmarks/pretrain.py --merge {' '.join(Path(p).name for p in paths)}",
