@@ -124,6 +124,8 @@ class BenchConfig:
     """Peak pretraining learning rate (AdamW, warm-up then cosine decay), the same for both transformers."""
     forward_weight: float = 1.0
     """Weight of the forward-dynamics loss in the all-objectives sum (the other losses weigh 1)."""
+    compile: bool = False
+    """Pretrain with the transformer's forward and backward compiled (``maskctrl pretrain --compile``)."""
     window: int = 16
     """Pretraining window T (the transformer's context length)."""
     n_layer: int = 4
@@ -226,7 +228,7 @@ def pretrain_run(
         data=data, out=out, steps=budget.steps, batch_size=budget.batch_size, window=cfg.window,
         n_layer=cfg.n_layer, d_model=cfg.d_model, lr=cfg.lr, weights=weights, val_fraction=cfg.val_fraction,
         val_every=0, checkpoint_every=0, seed=cfg.seed, device=cfg.device, num_threads=cfg.num_threads,
-        overwrite=True, progress=False, tensorboard=False, warmup_steps=min(200, budget.steps // 10),
+        compile=cfg.compile, overwrite=True, progress=False, tensorboard=False, warmup_steps=min(200, budget.steps // 10),
     )  # fmt: skip
     result = pretrain(run)
     speeds = [float(row["tokens_per_s"]) for row in read_log(out / LOG_FILE)]
@@ -327,6 +329,7 @@ def markdown(
             f"{', early-stopped' if rec['ensemble']['stopped_early'] else ''})."
         )
     where = f"single process, {cfg.device}" + (f" ({info['gpu']})" if info.get("gpu") else "")
+    where += ", compiled" if cfg.compile else ""
     if merged > 1:
         where += f"; the {merged} envs ran as one process each, side by side on that device"
     if budget == FULL:
@@ -379,11 +382,15 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         config = {k: defaults[k] for k in defaults.keys() - rec["config"].keys()} | rec["config"]
         return {k: v for k, v in config.items() if k not in ignored} | {"budget": rec["budget"]}
 
-    def numeric_flags(rec: dict[str, Any]) -> str:
-        """The run's ``--lr`` and ``--forward-weight`` where they are not the defaults."""
+    def flags(rec: dict[str, Any]) -> str:
+        """The run's ``--quick``, ``--compile``, ``--lr``, ``--forward-weight`` and budget flags where
+        they are not the defaults (budget: not the preset's)."""
         config = settings(rec)
-        keys = [key for key in ("lr", "forward_weight") if config[key] != defaults[key]]
-        return "".join(f" --{key.replace('_', '-')} {config[key]:g}" for key in keys)
+        preset = dataclasses.asdict(QUICK if config["quick"] else FULL)
+        numbers = {key: config[key] for key in ("lr", "forward_weight") if config[key] != defaults[key]}
+        numbers |= {key: value for key, value in config["budget"].items() if value != preset[key]}
+        switches = "".join(f" --{key}" for key in ("quick", "compile") if config[key])
+        return switches + "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in numbers.items())
 
     first = records[0]
     expected = settings(first)
@@ -408,7 +415,7 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         "command": " & ".join(
             f"python benchmarks/pretrain.py --envs {' '.join(rec['config']['envs'])} --device "
             f"{rec['config']['device']} --num-threads {rec['config']['num_threads']} --name {rec['config']['name']}"
-            + numeric_flags(rec)
+            + flags(rec)
             for rec in records
         )
         + f" & wait; python benchmarks/pretrain.py --merge {' '.join(Path(p).name for p in paths)}",

@@ -270,3 +270,39 @@ def test_several_data_dirs_are_recorded(data_dir: Path, tmp_path: Path) -> None:
     assert pretrain.main(args) == 0
     config = json.loads((out / "checkpoint" / "config.json").read_text())
     assert config["metadata"]["config"]["data"] == [str(data_dir)] * 2
+
+
+def test_compile_flag_compiles_the_model_in_place(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--compile`` wiring with compilation itself skipped (the slow test below compiles for real):
+    the transformer is compiled once, in place, and a run may be resumed with the flag changed."""
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **_: compiled.append(self))
+    common = ["--steps", "6", "--checkpoint-every", "3", "--val-every", "0"]
+    assert run(data_dir, tmp_path / "run", *common, "--stop-after", "4") == 0
+    assert compiled == []
+    assert run(data_dir, tmp_path / "run", *common, "--resume", "--compile") == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], MaskedControlTransformer)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert ckpt.step == 6 and ckpt.metadata["config"]["compile"] is True
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(data_dir: Path, tmp_path: Path) -> None:
+    """``--compile`` trains the same model: the same losses (train and validation) and weights, to
+    float32 rounding of the fused kernels."""
+    common = ["--steps", "12", "--val-every", "6", "--log-every", "1", "--lr", "3e-3", "--warmup-steps", "3"]
+    assert run(data_dir, tmp_path / "eager", *common) == 0
+    assert run(data_dir, tmp_path / "compiled", *common, "--compile") == 0
+    eager, compiled = read_rows(tmp_path / "eager"), read_rows(tmp_path / "compiled")
+    for a, b in zip(eager, compiled, strict=True):
+        for key in a:
+            if key.startswith(("train/", "val/")) and a[key]:
+                assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), (a["step"], key)
+    weights = [
+        load_file(tmp_path / name / "checkpoint" / "model.safetensors") for name in ("eager", "compiled")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5)

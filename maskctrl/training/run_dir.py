@@ -33,6 +33,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "device",
         "num_threads",
         "bf16",
+        "compile",
         "log_every",
         "val_every",
         "checkpoint_every",

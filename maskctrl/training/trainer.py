@@ -91,6 +91,8 @@ class Trainer:
             torch.manual_seed(sampling.derive_seed(cfg.seed, sampling.INIT))
             self.model = MaskedControlTransformer(model_config)
         self.objective = PretrainingObjective(self.model, cfg.weights).to(self.device)
+        if cfg.compile:  # in place: the objective calls the compiled forward, state_dict keys unchanged
+            self.model.compile()
         self.terms = tuple(cfg.weights.terms)
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95)
