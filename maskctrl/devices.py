@@ -43,3 +43,15 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(device)!r} asked for, but MPS is not available on this machine")
     return resolved
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, without making the host wait for the GPU.
+
+    A plain ``.to("cuda")`` of a host tensor synchronizes: it returns only after the copy, so after all the
+    work queued before it. Here a CPU tensor bound for CUDA is copied into page-locked memory and sent
+    asynchronously (torch keeps that memory until the copy is done); other moves are plain ``.to``.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

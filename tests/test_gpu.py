@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,14 @@ from test_transformer_dynamics import (
     toy_spec,
 )
 
+from maskctrl.commands import collect
 from maskctrl.planner.dynamics import History
 from maskctrl.planner.mlp_dynamics import MLPDynamics
 from maskctrl.planner.optimizers import make_optimizer
 from maskctrl.planner.transformer_dynamics import TransformerDynamics
+from maskctrl.pretrain import PretrainConfig
+from maskctrl.training import distributed
+from maskctrl.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -210,3 +215,31 @@ def test_compiled_decoding_replayed_from_cuda_graphs_equals_eager_without_host_s
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(again.next_obs, first.next_obs)
+
+
+def _trainer(data: Path, out: Path, device: str) -> Trainer:
+    cfg = PretrainConfig(
+        data=(data,), out=out, steps=10, batch_size=16, window=8, n_layer=1, n_head=2, d_model=32,
+        val_every=0, checkpoint_every=0, device=device, bf16=False, progress=False, tensorboard=False,
+    )  # fmt: skip
+    return Trainer(cfg, distributed.start(device))
+
+
+def test_pretraining_steps_on_cuda_match_cpu_without_host_syncs(tmp_path: Path) -> None:
+    """The training step sends its batch and masks ahead without waiting (pinned, non-blocking copies):
+    the same losses as on the CPU, and a step that never makes the host wait for the GPU."""
+    data = tmp_path / "data"
+    args = ["--env", "pointmass", "--episodes", "4", "--seed", "3", "--out", str(data), "--no-progress"]
+    assert collect.main(args) == 0
+    cpu, gpu = (_trainer(data, tmp_path / device, device) for device in ("cpu", "cuda"))
+    for step in range(3):
+        (cpu_sums, cpu_counts), (gpu_sums, gpu_counts) = cpu._step(step), gpu._step(step)
+        torch.testing.assert_close(gpu_counts.cpu(), cpu_counts)
+        torch.testing.assert_close(gpu_sums.cpu(), cpu_sums, rtol=1e-4, atol=1e-5)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sums, _ = gpu._step(3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(sums.cpu(), cpu._step(3)[0], rtol=1e-4, atol=1e-5)

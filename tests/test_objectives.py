@@ -13,10 +13,12 @@ from maskctrl.data.synthetic import LinearSystem
 from maskctrl.models import masks
 from maskctrl.models.objectives import (
     GROUPS,
+    MaskDraw,
     ObjectiveWeights,
     WindowBatch,
     assign_groups,
     draw_masks,
+    loss_sums,
     pretraining_loss,
 )
 from maskctrl.models.transformer import MaskedControlTransformer, TransformerConfig
@@ -161,6 +163,20 @@ def test_mask_draw_is_the_group_split_and_token_mask_and_independent_of_sharding
     assert torch.equal(all_obs, (valid & ~first) & hindsight.unsqueeze(1))
     parts = [slice(0, 13), slice(13, 30)]  # a share's masks are the global masks' rows
     assert torch.equal(torch.cat([draw.rows(part).hidden(valid[part], weights) for part in parts]), hidden)
+
+
+def test_a_draw_sent_to_a_device_carries_its_groups_rows_found_on_the_host() -> None:
+    weights = ObjectiveWeights()
+    draw = draw_masks(30, T, weights, torch.Generator().manual_seed(4))
+    split = assign_groups(30, weights, torch.Generator().manual_seed(4))
+    assert all(torch.equal(rows, members) for rows, members in zip(draw.group_rows(), split, strict=True))
+    model, batch = tiny_model(), standardized_windows(30, seed=1)  # a moved draw gives the same losses
+    host, moved = (loss_sums(model, batch, d, weights) for d in (draw, draw.to(torch.device("cpu"))))
+    assert all(torch.equal(a, b) for a, b in zip(host, moved, strict=True))
+    elsewhere = draw.to(torch.device("meta"))  # a device the host cannot read back without waiting
+    assert [rows.device.type for rows in elsewhere.group_rows()] == ["meta"] * len(GROUPS)
+    with pytest.raises(ValueError, match=r"without its members: use MaskDraw\.to"):
+        MaskDraw(elsewhere.group, elsewhere.act_scores, elsewhere.obs_scores).group_rows()
 
 
 def test_each_sample_gets_its_groups_mask_and_only_hindsight_samples_hide_tokens() -> None:

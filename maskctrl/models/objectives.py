@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from maskctrl.devices import to_device
 from maskctrl.models import masks
 from maskctrl.models.transformer import MaskedControlTransformer
 
@@ -190,7 +191,7 @@ class LossOutput:
             batch under data parallelism).
         """
         counts = counts.clamp_min(1)
-        coefficients = torch.tensor(list(weights.terms.values()), device=sums.device)  # [n_terms]
+        coefficients = to_device(torch.tensor(list(weights.terms.values())), sums.device)  # [n_terms]
         total = (coefficients * sums / counts).sum()  # as w_i * L_i, but rounded as runs logged so far
         return cls(total=total, terms=dict(zip(weights.terms, (sums / counts).unbind(), strict=True)))
 
@@ -221,10 +222,31 @@ class MaskDraw:
     """Uniform ``[B, T]``: the lowest-scoring real steps of a hindsight sample have their action hidden."""
     obs_scores: torch.Tensor
     """Uniform ``[B, T]``: likewise for hidden observations."""
+    members: tuple[torch.Tensor, ...] | None = None
+    """Per entry of :data:`GROUPS`, the rows of its samples (long ``[n_g]``); None: found from ``group``,
+    which must then be on the host (finding them on a GPU would wait for it)."""
 
     def rows(self, part: slice) -> MaskDraw:
         """The draws of the samples in ``part``."""
         return MaskDraw(self.group[part], self.act_scores[part], self.obs_scores[part])
+
+    def group_rows(self) -> tuple[torch.Tensor, ...]:
+        """Per entry of :data:`GROUPS`, the sorted rows of its samples (long ``[n_g]``)."""
+        if self.members is not None:
+            return self.members
+        if self.group.device.type != "cpu":
+            raise ValueError("a MaskDraw moved to a device without its members: use MaskDraw.to")
+        return tuple(torch.nonzero(self.group == index).flatten() for index in range(len(GROUPS)))
+
+    def to(self, device: torch.device) -> MaskDraw:
+        """This draw on ``device``, its groups' rows found on the host first and every copy asynchronous
+        (:func:`~maskctrl.devices.to_device`): selecting a group's rows then never waits for the GPU."""
+        return MaskDraw(
+            to_device(self.group, device),
+            to_device(self.act_scores, device),
+            to_device(self.obs_scores, device),
+            tuple(to_device(rows, device) for rows in self.group_rows()),
+        )
 
     def hidden(self, valid: torch.Tensor, weights: ObjectiveWeights) -> torch.Tensor:
         """Hidden-token flags ``[B, 2T]`` on ``valid``'s device, given the real steps ``valid [B, T]``.
@@ -304,7 +326,7 @@ def loss_sums(
 
     heads, discrete = model.heads, model.config.discrete_actions
     act_h, obs_h = out.act_hidden, out.obs_hidden  # [B, T, D]
-    fwd, inv, hind = (torch.nonzero(draw.group == index).flatten().to(device) for index in range(len(GROUPS)))
+    fwd, inv, hind = (rows.to(device) for rows in draw.group_rows())
     # Targets at padding are zeroed: a NaN there would reach the gradients through the masked sum.
     pad = ~valid.unsqueeze(-1)
     obs_t, delta_t = batch.obs.masked_fill(pad, 0.0), batch.forward_target.masked_fill(pad, 0.0)

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from maskctrl.data.dataset import TrajectoryDataset
+from maskctrl.devices import to_device
 from maskctrl.models.checkpoint import EnvInfo, load_checkpoint, load_trainer_state, save_checkpoint
 from maskctrl.models.normalizer import Normalizer
 from maskctrl.models.objectives import LossOutput, MaskDraw, WindowBatch, draw_masks
@@ -35,13 +36,13 @@ def normalized_batch(
     raw: dict[str, torch.Tensor], normalizer: Normalizer, device: torch.device
 ) -> WindowBatch:
     """Windows from :meth:`TrajectoryDataset.get_batch` on ``device`` in the model's units (padding zeroed)."""
-    obs, next_obs = raw["obs"].to(device), raw["next_obs"].to(device)  # [B, T, O]
-    valid = raw["valid"].to(device)  # [B, T]
+    obs, next_obs = to_device(raw["obs"], device), to_device(raw["next_obs"], device)  # [B, T, O]
+    valid = to_device(raw["valid"], device)  # [B, T]
     pad = ~valid.unsqueeze(-1)
     return WindowBatch(
         obs=normalizer.normalize_obs(obs).masked_fill(pad, 0.0),
-        act=normalizer.normalize_action(raw["act"].to(device)).masked_fill(pad, 0.0),
-        rew=normalizer.normalize_reward(raw["rew"].to(device)).masked_fill(~valid, 0.0),
+        act=normalizer.normalize_action(to_device(raw["act"], device)).masked_fill(pad, 0.0),
+        rew=normalizer.normalize_reward(to_device(raw["rew"], device)).masked_fill(~valid, 0.0),
         next_obs=normalizer.normalize_obs(next_obs).masked_fill(pad, 0.0),
         valid=valid,
         delta=normalizer.normalize_delta(next_obs - obs).masked_fill(pad, 0.0),
@@ -147,9 +148,10 @@ class Trainer:
     def _share(
         self, dataset: TrajectoryDataset, indices: torch.Tensor, draw: MaskDraw
     ) -> tuple[WindowBatch, MaskDraw]:
-        """This process's rows of a global batch: windows and their rows of the global mask draw."""
+        """This process's rows of a global batch: windows and their rows of the global mask draw, sent to
+        the device without waiting for it (the step then queues its work with no host sync)."""
         batch = normalized_batch(dataset.get_batch(indices[self.part]), self.normalizer, self.device)
-        return batch, draw.rows(self.part)
+        return batch, draw.rows(self.part).to(self.device)
 
     def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
