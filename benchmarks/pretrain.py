@@ -228,7 +228,8 @@ def pretrain_run(
         data=data, out=out, steps=budget.steps, batch_size=budget.batch_size, window=cfg.window,
         n_layer=cfg.n_layer, d_model=cfg.d_model, lr=cfg.lr, weights=weights, val_fraction=cfg.val_fraction,
         val_every=0, checkpoint_every=0, seed=cfg.seed, device=cfg.device, num_threads=cfg.num_threads,
-        compile=cfg.compile, overwrite=True, progress=False, tensorboard=False, warmup_steps=min(200, budget.steps // 10),
+        compile=cfg.compile, overwrite=True, progress=False, tensorboard=False,
+        warmup_steps=min(200, budget.steps // 10),
     )  # fmt: skip
     result = pretrain(run)
     speeds = [float(row["tokens_per_s"]) for row in read_log(out / LOG_FILE)]
@@ -390,7 +391,10 @@ def merge_records(paths: tuple[Path, ...]) -> dict[str, Any]:
         numbers = {key: config[key] for key in ("lr", "forward_weight") if config[key] != defaults[key]}
         numbers |= {key: value for key, value in config["budget"].items() if value != preset[key]}
         switches = "".join(f" --{key}" for key in ("quick", "compile") if config[key])
-        return switches + "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in numbers.items())
+        shown = {
+            key: f"{value:g}" if isinstance(value, float) else str(value) for key, value in numbers.items()
+        }
+        return switches + "".join(f" --{key.replace('_', '-')} {value}" for key, value in shown.items())
 
     first = records[0]
     expected = settings(first)

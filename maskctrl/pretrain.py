@@ -101,7 +101,7 @@ class PretrainConfig:
     compile: bool = False
     """Run the transformer's forward and backward compiled by ``torch.compile`` (fused kernels). Small
     models on a GPU are bound by kernel launches, not arithmetic, which fusing cuts; the first steps
-    compile (tens of seconds), and the checkpoint is the same. Needs a C++ compiler on a CPU."""
+    compile (tens of seconds); checkpoints are saved as without it. Needs a C++ compiler on a CPU."""
     num_threads: int = 0
     """CPU threads torch may use per process (0: torch's default)."""
     overwrite: bool = False

@@ -90,11 +90,11 @@ def test_merged_command_names_the_budget_and_compile_flags_the_runs_used(tmp_pat
     for path in paths:
         record = json.loads(path.read_text())
         record["config"] |= {"lr": 1e-3, "forward_weight": 4.0, "compile": True}
-        record["budget"]["steps"] = 10000
+        record["budget"]["steps"] = 1_000_000  # an int flag, not 1e+06
         path.write_text(json.dumps(record))
     merged = bench.main(bench.BenchConfig(merge=tuple(paths), out_dir=tmp_path, name="long"))
-    flags = " --compile --lr 0.001 --forward-weight 4 --steps 10000"
+    flags = " --compile --lr 0.001 --forward-weight 4 --steps 1000000"
     assert merged["command"].count(f"--name pretrain_{merged['envs'][0]['env']}{flags} &") == 1
     assert merged["command"].count(flags) == len(paths)
     page = (tmp_path / "long.md").read_text()
-    assert "10000 steps of batch 128" in page and "(NVIDIA H200), compiled;" in page
+    assert "1000000 steps of batch 128" in page and "(NVIDIA H200), compiled;" in page
