@@ -214,6 +214,30 @@ def pretrain(record: Record) -> str:
     )
 
 
+def pretrain_side(stem: str, record: Record) -> str:
+    """One line for another run of the pretraining benchmark (other settings or fewer envs): its budget and
+    each env's step-H errors, with whether the all-objectives transformer is below the ensemble."""
+    cfg, budget = record["config"], record["budget"]
+    settings = [f"{budget['steps']} steps of batch {budget['batch_size']}", f"d={cfg.get('d_model', 128)}"]
+    if cfg.get("lr") is not None:
+        settings.append(f"lr {cfg['lr']:g}")
+    if cfg.get("forward_weight") not in (None, 1.0):
+        settings.append(f"forward weight {cfg['forward_weight']:g}")
+    if cfg.get("compile"):
+        settings.append("compiled")
+    envs = []
+    for env in record["envs"]:
+        ol = env["open_loop"]
+        tf, fwd = ol["transformer (all objectives)"]["mse"], ol["transformer (forward only)"]["mse"]
+        ens = ol["MLP ensemble (mean)"]["mse"]
+        envs.append(
+            f"{env['env']} step-{len(ens)} MSE: all objectives {tf[-1]:.4f}, forward only {fwd[-1]:.4f}, "
+            f"ensemble {ens[-1]:.4f} (all objectives below the ensemble: {'yes' if tf[-1] < ens[-1] else 'no'})"
+        )
+    link = f"benchmarks/results/{stem}.md"
+    return f"- [{stem}]({link}) ({', '.join(settings)}; {_measured(record, stem).split(';')[0]}): {'; '.join(envs)}."
+
+
 def bc(record: Record) -> str:
     """BC return against the number of expert episodes, pretrained backbone vs scratch."""
     cells = []
@@ -259,6 +283,10 @@ BENCHMARKS: tuple[tuple[str, str, Callable[[Record], str]], ...] = (
 """``(JSON stem, title, renderer)`` in README order; the command is ``python benchmarks/<stem>.py``
 unless :data:`COMMANDS` names another."""
 
+SIDE_RECORDS: dict[str, Callable[[str, Record], str]] = {"pretrain": pretrain_side}
+"""Benchmarks whose other runs (``<stem>_*.json``: other settings or fewer envs) are listed under their table,
+one line each, by the given renderer; they are not the benchmark's result."""
+
 COMMANDS = {"planner_speed_gpu": "python benchmarks/planner_speed.py --device cuda --name planner_speed_gpu"}
 """Commands of the results that ``python benchmarks/<stem>.py`` does not write."""
 
@@ -288,8 +316,28 @@ def render_results(results: Path) -> str:
         stale = _rebuilt_since(record)
         if stale:
             body += f"\n\n*Measured with earlier shipped backbones, since rebuilt: {stale}.*"
-        parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}")
+        parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}{_side_records(results, stem)}")
     return "\n\n".join(parts)
+
+
+def _side_records(results: Path, stem: str) -> str:
+    """The list of ``stem``'s other runs (:data:`SIDE_RECORDS`), or ``""``."""
+    render = SIDE_RECORDS.get(stem)
+    paths = sorted(results.glob(f"{stem}_*.json")) if render else []
+    if render is None or not paths:
+        return ""
+    lines = []
+    for path in paths:
+        try:
+            lines.append(render(path.stem, json.loads(path.read_text())))
+        except (KeyError, TypeError, IndexError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"{path} does not have the layout benchmarks/readme_results.py reads ({type(err).__name__}: "
+                f"{err}); update its renderer {render.__name__}()"
+            ) from err
+    return "\n\nOther runs with other settings or fewer envs (not the benchmark's result):\n\n" + "\n".join(
+        lines
+    )
 
 
 def _rebuilt_since(record: Record) -> str:

@@ -444,3 +444,49 @@ def test_results_measured_with_a_since_rebuilt_backbone_say_so() -> None:
     assert (
         readme_results._rebuilt_since({"machine": {}, "path": "maskctrl/checkpoints/Reacher"}) == ""
     )  # no date
+
+
+def _pretrain_record(env: str, all_objectives: float, ensemble: float, **config: object) -> dict[str, object]:
+    def res(final: float) -> dict[str, object]:
+        return {"mse": [final / 5, final]}
+
+    return {
+        "config": {"d_model": 128, **config},
+        "budget": {"random_episodes": 40, "expert_episodes": 10, "steps": 10000, "batch_size": 128},
+        "machine": {"date": "2026-01-02 03:04:05", "processor": "TestCPU", "torch": "x"},
+        "envs": [
+            {
+                "env": env,
+                "open_loop": {
+                    "transformer (all objectives)": res(all_objectives),
+                    "transformer (forward only)": res(0.5),
+                    "MLP ensemble (mean)": res(ensemble),
+                },
+            }
+        ],
+    }
+
+
+def test_other_pretraining_runs_are_listed_under_the_benchmark_not_as_it(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "pretrain.json").write_text(json.dumps(_pretrain_record("HalfCheetah", 0.08, 0.06)))
+    alone = readme_results.render_results(results)
+    assert "Other runs" not in alone and "HalfCheetah **not met**" in alone
+
+    side = _pretrain_record("Hopper", 0.0119, 0.0163, lr=0.001, forward_weight=4.0, compile=True)
+    (results / "pretrain_fw4_Hopper.json").write_text(json.dumps(side))
+    text = readme_results.render_results(results)
+    assert text.startswith(alone.split("#### Behaviour")[0].rstrip())  # the benchmark's own text unchanged
+    line = next(ln for ln in text.splitlines() if ln.startswith("- [pretrain_fw4_Hopper]"))
+    assert "(benchmarks/results/pretrain_fw4_Hopper.md)" in line
+    assert "10000 steps of batch 128, d=128, lr 0.001, forward weight 4, compiled" in line
+    assert (
+        "all objectives 0.0119, forward only 0.5000, ensemble 0.0163 (all objectives below the ensemble: yes)"
+        in line
+    )
+    assert "HalfCheetah **not met**" in text  # the verdict stays the benchmark's
+
+    (results / "pretrain_broken.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(ValueError, match=r"pretrain_broken\.json does not have the layout"):
+        readme_results.render_results(results)
