@@ -308,16 +308,20 @@ def render_results(results: Path) -> str:
         try:
             body = render(record)
         except (KeyError, TypeError, IndexError) as err:
-            raise ValueError(
-                f"{path} does not have the layout benchmarks/readme_results.py reads ({type(err).__name__}: "
-                f"{err}); update its renderer {render.__name__}()"
-            ) from err
+            raise _layout_error(path, err, render) from err
         command = record.get("command", command)  # a record made otherwise (e.g. merged runs) says how
         stale = _rebuilt_since(record)
         if stale:
             body += f"\n\n*Measured with earlier shipped backbones, since rebuilt: {stale}.*"
         parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}{_side_records(results, stem)}")
     return "\n\n".join(parts)
+
+
+def _layout_error(path: Path, err: Exception, render: Callable[..., str]) -> ValueError:
+    return ValueError(
+        f"{path} does not have the layout benchmarks/readme_results.py reads ({type(err).__name__}: {err}); "
+        f"update its renderer {render.__name__}()"
+    )
 
 
 def _side_records(results: Path, stem: str) -> str:
@@ -331,10 +335,7 @@ def _side_records(results: Path, stem: str) -> str:
         try:
             lines.append(render(path.stem, json.loads(path.read_text())))
         except (KeyError, TypeError, IndexError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"{path} does not have the layout benchmarks/readme_results.py reads ({type(err).__name__}: "
-                f"{err}); update its renderer {render.__name__}()"
-            ) from err
+            raise _layout_error(path, err, render) from err
     return "\n\nOther runs with other settings or fewer envs (not the benchmark's result):\n\n" + "\n".join(
         lines
     )
