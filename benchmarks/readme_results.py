@@ -313,7 +313,9 @@ def render_results(results: Path) -> str:
         stale = _rebuilt_since(record)
         if stale:
             body += f"\n\n*Measured with earlier shipped backbones, since rebuilt: {stale}.*"
-        parts.append(f"{head}`{command}`, {_measured(record, stem)}\n\n{body}{_side_records(results, stem)}")
+        parts.append(
+            f"{head}`{command}`, {_measured(record, stem)}\n\n{body}{_side_records(results, stem, record)}"
+        )
     return "\n\n".join(parts)
 
 
@@ -324,10 +326,12 @@ def _layout_error(path: Path, err: Exception, render: Callable[..., str]) -> Val
     )
 
 
-def _side_records(results: Path, stem: str) -> str:
-    """The list of ``stem``'s other runs (:data:`SIDE_RECORDS`), or ``""``."""
+def _side_records(results: Path, stem: str, record: Record) -> str:
+    """The list of ``stem``'s other runs (:data:`SIDE_RECORDS`), or ``""``; the per-env records that
+    ``record`` was merged from (its ``merged_from``) are part of it, not other runs."""
     render = SIDE_RECORDS.get(stem)
-    paths = sorted(results.glob(f"{stem}_*.json")) if render else []
+    merged = {Path(source).name for source in record.get("merged_from", [])}
+    paths = sorted(p for p in results.glob(f"{stem}_*.json") if p.name not in merged) if render else []
     if render is None or not paths:
         return ""
     lines = []

@@ -470,7 +470,13 @@ def _pretrain_record(env: str, all_objectives: float, ensemble: float, **config:
 def test_other_pretraining_runs_are_listed_under_the_benchmark_not_as_it(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
-    (results / "pretrain.json").write_text(json.dumps(_pretrain_record("HalfCheetah", 0.08, 0.06)))
+    benchmark = _pretrain_record("HalfCheetah", 0.08, 0.06)
+    benchmark["merged_from"] = ["/elsewhere/pretrain_HalfCheetah.json"]
+    (results / "pretrain.json").write_text(json.dumps(benchmark))
+    # the per-env record it was merged from is part of it, not another run
+    (results / "pretrain_HalfCheetah.json").write_text(
+        json.dumps(_pretrain_record("HalfCheetah", 0.08, 0.06))
+    )
     alone = readme_results.render_results(results)
     assert "Other runs" not in alone and "HalfCheetah **not met**" in alone
 
