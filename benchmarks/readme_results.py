@@ -201,17 +201,24 @@ def pretrain(record: Record) -> str:
         quick = "**A reduced-budget run, not the full benchmark.** "
     else:
         quick = ""
-    verdicts = []
-    for env in record["envs"]:
-        ol = env["open_loop"]
-        tf, ens = ol["transformer (all objectives)"]["mse"][-1], ol["MLP ensemble (mean)"]["mse"][-1]
-        verdicts.append(f"{env['env']} {_verdict(tf < ens)}")
+    verdicts = [f"{env['env']} {_verdict(_below_ensemble(env))}" for env in record["envs"]]
     return (
         f"{quick}Open-loop prediction error on held-out episodes (standardized observations, true actions); "
         f"{budget['random_episodes']} random + {budget['expert_episodes']} expert episodes per env, "
         f"{budget['steps']} pretraining steps.\n\n{markdown_table(headers, cells)}\n\n"
         f"Target (transformer with all objectives below the ensemble at step {horizon}): {'; '.join(verdicts)}."
     )
+
+
+def _final_errors(env: Record) -> dict[str, float]:
+    """Each model's error at the last step of the horizon, by model name, for one env of a pretrain record."""
+    return {model: res["mse"][-1] for model, res in env["open_loop"].items()}
+
+
+def _below_ensemble(env: Record) -> bool:
+    """Whether the all-objectives transformer's last-step error is below the ensemble's (the target)."""
+    final = _final_errors(env)
+    return final["transformer (all objectives)"] < final["MLP ensemble (mean)"]
 
 
 def pretrain_side(stem: str, record: Record) -> str:
@@ -227,12 +234,12 @@ def pretrain_side(stem: str, record: Record) -> str:
         settings.append("compiled")
     envs = []
     for env in record["envs"]:
-        ol = env["open_loop"]
-        tf, fwd = ol["transformer (all objectives)"]["mse"], ol["transformer (forward only)"]["mse"]
-        ens = ol["MLP ensemble (mean)"]["mse"]
+        final, horizon = _final_errors(env), len(env["open_loop"]["MLP ensemble (mean)"]["mse"])
         envs.append(
-            f"{env['env']} step-{len(ens)} MSE: all objectives {tf[-1]:.4f}, forward only {fwd[-1]:.4f}, "
-            f"ensemble {ens[-1]:.4f} (all objectives below the ensemble: {'yes' if tf[-1] < ens[-1] else 'no'})"
+            f"{env['env']} step-{horizon} MSE: all objectives {final['transformer (all objectives)']:.4f}, "
+            f"forward only {final['transformer (forward only)']:.4f}, "
+            f"ensemble {final['MLP ensemble (mean)']:.4f} "
+            f"(all objectives below the ensemble: {'yes' if _below_ensemble(env) else 'no'})"
         )
     link = f"benchmarks/results/{stem}.md"
     return f"- [{stem}]({link}) ({', '.join(settings)}; {_measured(record, stem).split(';')[0]}): {'; '.join(envs)}."
