@@ -55,6 +55,12 @@ class Recipe:
     """Cap on an expert episode's length."""
     expert_noise: float
     """Gaussian action noise on the expert, as a fraction of half the action range."""
+    expert_samples: int | None = None
+    """The expert planner's candidates per iteration (None: the env's oracle preset)."""
+    expert_horizon: int | None = None
+    """The expert planner's horizon (None: the env's oracle preset)."""
+    expert_iterations: int | None = None
+    """The expert planner's optimizer iterations per control step (None: the env's oracle preset)."""
     steps: int
     """Pretraining steps."""
     batch_size: int = 64
@@ -69,6 +75,9 @@ class Recipe:
     """Attention heads."""
     lr: float = 1e-3
     """Peak learning rate."""
+    forward_weight: float = 1.0
+    """Weight of the forward (dynamics) loss, the one a planner uses, among the summed objectives (the
+    policy loss weighs 0.5, the others 1)."""
     planner_rounds: int = 0
     """Rounds of data from the model's own planner: each collects :attr:`planner_episodes` episodes of MPC
     with the last trained backbone as the world model, then trains a fresh backbone on every dataset so
@@ -208,7 +217,7 @@ def _collect(
 
     Random episodes, oracle-MPC episodes (``expert``), or MPC episodes with the backbone at
     ``planner_model`` as the world model."""
-    from maskctrl.commands.collect import CollectConfig, oracle_mpc_factory
+    from maskctrl.commands.collect import CollectConfig, expert_config, oracle_mpc_factory
     from maskctrl.data.collect import collect_episodes
     from maskctrl.data.episodes import load_episodes, save_episodes
 
@@ -227,7 +236,14 @@ def _collect(
             policy_name=f"transformer-mpc (preset) over {planner_model}",
         )
     elif expert:
-        policy: Any = oracle_mpc_factory(CollectConfig(env=env, policy="oracle-mpc", seed=seed, out=out))
+        expert_cfg = CollectConfig(
+            env=env, policy="oracle-mpc", seed=seed, out=out, samples=recipe.expert_samples,
+            horizon=recipe.expert_horizon, iterations=recipe.expert_iterations,
+        )  # fmt: skip
+        policy: Any = oracle_mpc_factory(expert_cfg)
+        mpc = expert_config(expert_cfg)
+        changed = (recipe.expert_samples, recipe.expert_horizon, recipe.expert_iterations) != (None,) * 3
+        planner = f"N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations}" if changed else None
         data = collect_episodes(
             env,
             policy,
@@ -236,7 +252,7 @@ def _collect(
             action_noise=recipe.expert_noise,
             max_steps=recipe.expert_max_steps,
             progress=progress,
-            policy_name="oracle-mpc (preset)",
+            policy_name=f"oracle-mpc (preset{'' if planner is None else f' with {planner}'})",
         )
     else:
         data = collect_episodes(
@@ -293,8 +309,14 @@ def data_dirs(env: str, work_dir: Path, recipe: Recipe | None = None, *, seed: i
     work = work_dir / env
     random_dir = work / f"random-{r.random_episodes}x{r.random_max_steps}-seed{seed}"
     tag = objective_tag(env)
+    planner = "".join(
+        f"-{key}{value}"
+        for key, value in (("N", r.expert_samples), ("H", r.expert_horizon), ("I", r.expert_iterations))
+        if value is not None
+    )  # the preset expert's directories keep their names
     expert_dir = (
-        work / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}-{tag}-seed{seed}"
+        work
+        / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}{planner}-{tag}-seed{seed}"
     )
     return random_dir, expert_dir
 
@@ -316,7 +338,7 @@ def build(env: str, cfg: RecipeConfig) -> Path:
         ),
         "expert": _collect(env, expert_dir, expert=True, recipe=recipe, seed=cfg.seed, progress=cfg.progress),
     }
-    weights = ObjectiveWeights(policy=0.5)
+    weights = ObjectiveWeights(forward=recipe.forward_weight, policy=0.5)
     datasets = [random_dir, expert_dir]
     runs: list[dict[str, Any]] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,29 @@ def test_planner_round_collects_with_the_first_model_and_a_rebuild_reuses_finish
     assert other[0] != names[0] and other[0].startswith("run-")
     assert _sha(work / names[0] / "checkpoint" / "model.safetensors") == first_weights
     assert read_config(work / names[0] / "checkpoint")["metadata"]["finished"]
+
+
+@pytest.mark.usefixtures("small_reacher")
+def test_a_recipes_expert_planner_and_forward_weight_reach_its_data_and_its_run(tmp_path: Path) -> None:
+    preset = data_dirs("Reacher", tmp_path)[1].name
+    assert "-N" not in preset and "-H" not in preset  # the preset expert's datasets keep their names
+    recipe = dataclasses.replace(
+        RECIPES["Reacher"], expert_samples=8, expert_horizon=3, expert_iterations=1, forward_weight=4.0
+    )
+    RECIPES["Reacher"] = recipe  # undone by the fixture's monkeypatch
+    cfg = RecipeConfig(
+        envs=("Reacher",), work_dir=tmp_path / "work", out_root=tmp_path / "ckpt", scale=0.01,
+        score_episodes=0, progress=False,
+    )  # fmt: skip
+    meta = load_checkpoint(build("Reacher", cfg)).metadata
+    expert = tmp_path / "work" / "Reacher" / meta["datasets"][1]
+    assert expert.name == preset.replace("-noise0.2-", "-noise0.2-N8-H3-I1-").replace("30x50", "1x20")
+    policy = json.loads((expert / "metadata.json").read_text())["policy"]
+    assert policy == "oracle-mpc (preset with N=8, H=3, iterations=1)"
+    assert meta["recipe"]["forward_weight"] == 4.0
+    assert meta["objective_weights"]["forward"] == 4.0 and meta["objective_weights"]["policy"] == 0.5
+    run = read_config(tmp_path / "work" / "Reacher" / meta["runs"][0]["run"] / "checkpoint")["metadata"]
+    assert run["config"]["weights"]["forward"] == 4.0
 
 
 def test_unknown_env_and_missing_default_checkpoint_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
