@@ -214,6 +214,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 "return_mean": float(np.mean(returns)),
                 "return_std": float(np.std(returns)),
                 "steps_per_second": steps / sum(r.seconds for r in results),
+                # The share of the candidates the backbone's policy head proposed (``planner`` is the
+                # budget all MPC rows share; None: not a planner).
+                "policy_prior": getattr(getattr(policy, "config", None), "policy_prior_fraction", None),
                 "score": None,
             }
         )
