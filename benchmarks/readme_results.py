@@ -394,7 +394,11 @@ def render_checkpoints(root: Path) -> str:
         size = sum(p.stat().st_size for p in config.parent.iterdir() if p.is_file()) / 1e6
         score = _transformer_score(meta.get("score"))
         if score != "-":
-            scored.append(f"{config.parent.name}: `{meta['score']['how']}`, {meta['score']['measured'][:10]}")
+            prior = _transformer_row(meta.get("score")).get("policy_prior")
+            with_prior = f" with policy prior {prior:g}" if prior else ""
+            scored.append(
+                f"{config.parent.name}: `{meta['score']['how']}`{with_prior}, {meta['score']['measured'][:10]}"
+            )
         cells.append([
             config.parent.name, f"{model['n_layer']} × {model['d_model']}, context {model['context_len']}",
             f"{size:.1f} MB", episodes or "-", saved.get("step", "-"),
@@ -417,9 +421,14 @@ def _data_kind(kind: str) -> str:
     return f"own-planner (round {kind[len('planner') :]})" if kind.startswith("planner") else kind
 
 
-def _transformer_score(score: dict[str, Any] | None) -> str:
+def _transformer_row(score: dict[str, Any] | None) -> dict[str, Any]:
+    """The transformer's row of a recipe's recorded score (empty when it has none)."""
     rows = {} if score is None else {r["method"]: r for r in score.get("rows", [])}
-    value = rows.get("transformer", {}).get("score")
+    return dict(rows.get("transformer", {}))
+
+
+def _transformer_score(score: dict[str, Any] | None) -> str:
+    value = _transformer_row(score).get("score")
     return "-" if value is None else f"{value:.2f}"
 
 

@@ -474,7 +474,10 @@ def score(env: str, checkpoint: Path, cfg: RecipeConfig) -> dict[str, Any]:
     result = {
         "how": f"maskctrl demo --env {env} --episodes {cfg.score_episodes} --max-steps {cfg.score_max_steps}",
         "planner": record["planner"],
-        "rows": [{k: r[k] for k in ("method", "returns", "return_mean", "score")} for r in record["rows"]],
+        "rows": [
+            {k: r[k] for k in ("method", "returns", "return_mean", "policy_prior", "score")}
+            for r in record["rows"]
+        ],
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     loaded = load_checkpoint(checkpoint)

@@ -402,7 +402,10 @@ def test_checkpoint_table_reads_the_shipped_config(tmp_path: Path) -> None:
     made = tmp_path / "Reacher"
     made.mkdir()
     (made / "model.safetensors").write_bytes(b"0" * 1_500_000)
-    rows = [{"method": "random", "score": 0.0}, {"method": "transformer", "score": 0.876}]
+    rows = [
+        {"method": "random", "score": 0.0},
+        {"method": "transformer", "score": 0.876, "policy_prior": 0.25},
+    ]
     metadata = {
         "val_losses": {"forward": 0.01234},
         "train_seconds": 600.0,
@@ -420,7 +423,10 @@ def test_checkpoint_table_reads_the_shipped_config(tmp_path: Path) -> None:
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     episodes = "200 random + 30 expert + 4 own-planner (round 1)"
     assert cells == ["Reacher", "3 × 96, context 32", "1.5 MB", episodes, "2000", "0.0123", "10 min", "0.88"]
-    assert "Reacher: `maskctrl demo --env Reacher`, 2026-11-25" in table
+    assert "Reacher: `maskctrl demo --env Reacher` with policy prior 0.25, 2026-11-25" in table
+    rows[1]["policy_prior"] = 0.0  # no prior, or a score recorded before rows said: nothing added
+    (made / "config.json").write_text(json.dumps({"model": model, "step": 2000, "metadata": metadata}))
+    assert "Reacher: `maskctrl demo --env Reacher`, 2026-11-25" in readme_results.render_checkpoints(tmp_path)
     shipped = sorted(p.parent.name for p in (REPO / "maskctrl" / "checkpoints").glob("*/config.json"))
     table = readme_results.render_checkpoints(REPO / "maskctrl" / "checkpoints")
     for env in shipped:

@@ -54,6 +54,7 @@ def test_tiny_recipe_builds_a_loadable_scored_checkpoint(tmp_path: Path) -> None
     rows = {r["method"]: r for r in meta["score"]["rows"]}
     assert set(rows) == {"random", "transformer", "oracle"}
     assert len(rows["transformer"]["returns"]) == 1
+    assert rows["transformer"]["policy_prior"] == 0.0 and rows["random"]["policy_prior"] is None
     assert not (dest / "trainer_state.pt").exists()  # shipped weights carry no optimizer state
     # Rescoring keeps the weights byte for byte and reuses the cached datasets.
     weights = _sha(dest / "model.safetensors")
