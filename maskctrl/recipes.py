@@ -248,14 +248,11 @@ def _collect(
             policy_name=f"transformer-mpc (preset) over {planner_model}",
         )
     elif expert:
-        expert_cfg = CollectConfig(
-            env=env, policy="oracle-mpc", seed=seed, out=out, samples=recipe.expert_samples,
-            horizon=recipe.expert_horizon, iterations=recipe.expert_iterations,
-        )  # fmt: skip
+        overrides = _expert_overrides(recipe)
+        expert_cfg = CollectConfig(env=env, policy="oracle-mpc", seed=seed, out=out, **overrides)
         policy: Any = oracle_mpc_factory(expert_cfg)
         mpc = expert_config(expert_cfg)
-        changed = (recipe.expert_samples, recipe.expert_horizon, recipe.expert_iterations) != (None,) * 3
-        planner = f"N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations}" if changed else None
+        planner = f"N={mpc.samples}, H={mpc.horizon}, iterations={mpc.iterations}" if overrides else None
         data = collect_episodes(
             env,
             policy,
@@ -277,6 +274,16 @@ def _collect(
         )
     save_episodes(data, out)
     return {"summary": data.summary(), "seconds": time.perf_counter() - start, "cached": False}
+
+
+def _expert_overrides(recipe: Recipe) -> dict[str, Any]:
+    """The oracle expert's planner settings ``recipe`` sets, as ``CollectConfig`` fields (empty: the preset)."""
+    given = {
+        "samples": recipe.expert_samples,
+        "horizon": recipe.expert_horizon,
+        "iterations": recipe.expert_iterations,
+    }
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _transformer_mpc_factory(env: str, checkpoint: Path) -> Any:
@@ -321,11 +328,9 @@ def data_dirs(env: str, work_dir: Path, recipe: Recipe | None = None, *, seed: i
     work = work_dir / env
     random_dir = work / f"random-{r.random_episodes}x{r.random_max_steps}-seed{seed}"
     tag = objective_tag(env)
-    planner = "".join(
-        f"-{key}{value}"
-        for key, value in (("N", r.expert_samples), ("H", r.expert_horizon), ("I", r.expert_iterations))
-        if value is not None
-    )  # the preset expert's directories keep their names
+    letters = {"samples": "N", "horizon": "H", "iterations": "I"}
+    # the preset expert's directories keep their names
+    planner = "".join(f"-{letters[key]}{value}" for key, value in _expert_overrides(r).items())
     expert_dir = (
         work
         / f"expert-{r.expert_episodes}x{r.expert_max_steps}-noise{r.expert_noise}{planner}-{tag}-seed{seed}"
